@@ -1,0 +1,1 @@
+"""MLLM-MSR reference implementation: library behind the notebooks."""
