@@ -54,14 +54,92 @@ class Data(_Section):
         return v
 
 
+class ModelSet(_Section):
+    vlm: str  # hub id or a folder relative to the project root
+    lm: str
+    quantization: Literal["none", "4bit"] = "none"
+
+
+class Models(_Section):
+    tiny: ModelSet = ModelSet(vlm="data/models/tiny-vlm", lm="data/models/tiny-lm")
+    paper: ModelSet = ModelSet(vlm="llava-hf/llava-v1.6-mistral-7b-hf",
+                               lm="meta-llama/Meta-Llama-3-8B-Instruct", quantization="4bit")
+
+
+class ItemSummary(_Section):
+    enabled: bool = True
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    limit: int = Field(0, ge=0)  # 0 = every item
+    placeholder_images: bool = True
+    shard: str = "0/1"
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_is_i_of_n(cls, v):
+        i, _, n = v.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError(f"must look like 'i/n' with 0 <= i < n, got {v!r}")
+        return v
+
+
+class UserSummary(_Section):
+    model: Literal["lm", "vlm"] = "lm"
+    mode: Literal["recurrent", "direct"] = "recurrent"
+    block_size: int = Field(3, ge=1)
+    block_strategy: Literal["fixed", "session"] = "fixed"
+    session_gap: int = Field(3600, ge=1)  # seconds
+    max_block_size: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    limit: int = Field(0, ge=0)  # users; 0 = all
+
+
+class Sft(_Section):
+    epochs: float = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(20, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    candidate_summary: bool = True
+    candidate_image: bool = True
+    limit: int = Field(0, ge=0)  # training rows; 0 = all
+
+
+class Eval(_Section):
+    limit: int = Field(0, ge=0)  # test rows; 0 = all
+    ks: list[int] = [1, 3, 5, 10]
+    batch_size: int = Field(21, ge=1)
+    adapter: bool = True  # also score with the fine-tuned adapter (else zero-shot only)
+
+
 class Params(_Section):
     base: Base = Base()
     data: Data = Data()
+    models: Models = Models()
+    item_summary: ItemSummary = ItemSummary()
+    user_summary: UserSummary = UserSummary()
+    sft: Sft = Sft()
+    eval: Eval = Eval()
     root: Path = Path(".")
 
     def path(self, rel: str | Path) -> Path:
         """A params path, resolved against the project root."""
         return self.root / rel
+
+    @property
+    def models_in_use(self) -> ModelSet:
+        """The model set of the active profile."""
+        return getattr(self.models, self.base.profile)
 
 
 def find_root(start: Path | None = None) -> Path:

@@ -1,0 +1,53 @@
+"""Stage 02: summarise every item of a prepared dataset with the profile's VLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from msr_utils import models, summarize
+from msr_utils.config import Params
+from msr_utils.data.schema import IMAGE_PLACEHOLDER, ITEM
+
+OUT_NAME = "item_summaries.parquet"
+
+
+def paths(params: Params, dataset: str) -> dict[str, Path]:
+    return {
+        "items": params.path(params.data.out_dir) / dataset / "items.parquet",
+        "info": params.path(params.data.out_dir) / dataset / "dataset.json",
+        "out": params.path("data/summaries") / dataset / OUT_NAME,
+        "cache": params.path("data/cache") / dataset / "item_summaries",
+        "metrics": params.root / "results" / dataset / "item_summaries.json",
+    }
+
+
+def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
+    """Summaries for the dataset's items (cached, resumable); writes parquet + metrics.
+
+    With item_summary.shard = 'i/n' (n > 1) only that part is generated into the cache and
+    nothing else is written: merge the caches of all parts, then run again with '0/1'."""
+    cfg, p = params.item_summary, paths(params, dataset)
+    items = pd.read_parquet(p["items"])
+    if cfg.limit:
+        items = items.head(cfg.limit)
+    i, n = (int(x) for x in cfg.shard.split("/"))
+    loaded = models.load_profile(params, "vlm")
+    summaries, stats = summarize.summarize_items(
+        items, loaded, p["cache"], image_root=params.root,
+        dataset_kind=json.loads(p["info"].read_text())["noun"], batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens, seed=params.base.seed, shard=(i, n) if n > 1 else None,
+        placeholder_images=cfg.placeholder_images)
+    placeholders = set(items.loc[items[IMAGE_PLACEHOLDER], ITEM])
+    stats["placeholder_images_used"] = int((summaries[summarize.IMAGE_USED]
+                                            & summaries[ITEM].isin(placeholders)).sum())
+    stats["model"] = loaded.model_ref
+    if n > 1:
+        return summaries, stats
+    p["out"].parent.mkdir(parents=True, exist_ok=True)
+    summaries.to_parquet(p["out"], index=False)
+    p["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    p["metrics"].write_text(json.dumps(stats, indent=2) + "\n")
+    return summaries, stats

@@ -1,0 +1,143 @@
+"""Every prompt template in one place, each versioned by a short hash.
+
+Templates are plain strings with `str.format` fields; builders return chat messages in the
+multimodal content-list form ({"type": "image"} / {"type": "text"}) that `apply_chat_template` of
+LLaVA / LLaVA-NeXT / Qwen2-VL processors accepts. Later stages add user-summary and recommender
+templates below the item-summary ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+DATASET_KINDS = ("video", "product")
+
+# --- item summaries (stage 02) -------------------------------------------------------------
+# Video-cover wording follows the official code, YuyangYe/MLLM-MSR,
+# MLLM-MSR/Inference/microlens/image_summary.py ("[INST] <image>\nPlease describe this image, which
+# is a cover of a video. Provide a detailed description ... [/INST]"); the chat template supplies
+# the [INST]/<image> markers. The title line is our addition (the paper's summaries see the title).
+ITEM_SUMMARY_VIDEO = (
+    "Please describe this image, which is a cover of a video titled \"{title}\". Provide a detailed "
+    "description in one continuous paragraph, including content information and visual features "
+    "such as colors, objects, text, and any notable elements present in the image."
+)
+# Amazon product images: same structure, product wording.
+ITEM_SUMMARY_PRODUCT = (
+    "Please describe this image, which shows a product titled \"{title}\". Provide a detailed "
+    "description in one continuous paragraph, including the type of product, its appearance and "
+    "visual features such as colors, materials, shape, text, and any notable elements present in "
+    "the image."
+)
+# No usable image (missing, placeholder or unreadable): describe from the title alone.
+ITEM_SUMMARY_VIDEO_TITLE_ONLY = (
+    "A video is titled \"{title}\". Its cover image is not available. Based on the title alone, "
+    "describe in one continuous paragraph what the video is likely about and what its cover would "
+    "likely show."
+)
+ITEM_SUMMARY_PRODUCT_TITLE_ONLY = (
+    "A product is titled \"{title}\". Its image is not available. Based on the title alone, "
+    "describe in one continuous paragraph what the product likely is, what it is used for and what "
+    "it likely looks like."
+)
+ITEM_SUMMARY_TEMPLATES = {
+    ("video", True): ITEM_SUMMARY_VIDEO,
+    ("video", False): ITEM_SUMMARY_VIDEO_TITLE_ONLY,
+    ("product", True): ITEM_SUMMARY_PRODUCT,
+    ("product", False): ITEM_SUMMARY_PRODUCT_TITLE_ONLY,
+}
+
+
+def prompt_hash(template_or_parts: str | Sequence[str]) -> str:
+    """Short (12 hex) sha256 of a template, or of several parts (order matters)."""
+    parts = [template_or_parts] if isinstance(template_or_parts, str) else list(template_or_parts)
+    if not all(isinstance(p, str) for p in parts):
+        raise TypeError(f"prompt_hash: expected str or a sequence of str, got {template_or_parts!r}")
+    payload = parts[0] if len(parts) == 1 else json.dumps(parts, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:12]
+
+
+def item_summary_template(kind: str, with_image: bool) -> str:
+    """The item-summary template for a dataset kind ("video" | "product")."""
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind={kind!r}: expected one of {DATASET_KINDS}")
+    return ITEM_SUMMARY_TEMPLATES[(kind, bool(with_image))]
+
+
+def user_message(text: str, with_image: bool = False) -> list[dict]:
+    """One user turn in content-list form, the image (if any) before the text."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+def item_summary_messages(title: str, template: str, with_image: bool) -> list[dict]:
+    """Chat messages asking for a summary of one item."""
+    return user_message(template.format(title=title.strip()), with_image)
+
+
+# --- user preference summaries (stage 03) -------------------------------------------------------
+# Wording of the official code, YuyangYe/MLLM-MSR, Inference/microlens/preferece_inference_recurrent.py
+# (blocks of item titles + cover descriptions; the previous preference is fed to the next block).
+# Nouns are dataset-aware ("video"/"cover" or "product"/"image").
+IMAGE_NOUN = {"video": "cover", "product": "image"}
+USER_ITEM_LINE = "{i}. Title - '{title}', {Noun} {image_noun} description - {summary}."
+USER_BLOCK_HEAD = "Below is a chronological list of {noun}s previously interacted with by the user:\n{items}\n"
+USER_BLOCK_FIRST = "Based on the content and visual style of {noun}s listed above, "
+USER_BLOCK_NEXT = ("We also know this user's previous preference.\n{previous}\n"
+                   "Based on the content and visual style of {noun}s listed above as well as the known "
+                   "aspects of user's preference, ")
+USER_BLOCK_TAIL = ("please summarize the user's preferences in one continuous paragraph. Only provide "
+                   "information about the user's preferences; do not repeat details about the previous "
+                   "{noun}s. Do not repeat the question in your answer, and keep it clear and concise. "
+                   "The answer should start with 'The user appears to have a preference for'.")
+USER_ANSWER_START = "The user appears to have a preference for"
+# Direct (non-recurrent) variant, the ablation: the whole history in one prompt.
+USER_DIRECT_HEAD = USER_BLOCK_HEAD
+USER_DIRECT_TAIL = ("Based on the {noun}s listed above, please summarize the user's preferences in terms of "
+                    "both content and visual style in one continuous paragraph. Only provide information "
+                    "about the user's preferences; do not repeat details about the previous {noun}s. Do not "
+                    "repeat the question in your answer, and keep it clear and concise. The answer should "
+                    "start with 'The user appears to have a preference for'.")
+USER_TEMPLATES = (USER_ITEM_LINE, USER_BLOCK_HEAD, USER_BLOCK_FIRST, USER_BLOCK_NEXT, USER_BLOCK_TAIL,
+                  USER_DIRECT_TAIL)
+
+# --- recommender: user preference + candidate -> Yes / No (stages 04, 05) ---------------------------
+# Wording of the official code, train/microlens/dataset_create.py, with its typos fixed and the answer
+# words matching what we score ("Yes"/"No"). The user part comes first so that scoring can encode it
+# once per user and share it across that user's candidates; the candidate part (image, title, summary)
+# comes last. The image token is placed in the text by us (chat templates of LLaVA-NeXT put images
+# first, which would make the shared user prefix candidate-specific).
+ANSWERS = ("Yes", "No")
+REC_USER = "Based on the previous interaction history, the user's preference can be summarized as: {preference}\n"
+REC_CANDIDATE = ("Please predict whether this user would interact with the {noun} at the next opportunity. "
+                 "The {noun}'s title is '{title}'{image_clause}.{summary_clause} Please only respond 'Yes' or "
+                 "'No' based on your judgement, do not include any other content including words, space, and "
+                 "punctuation in your response.")
+REC_IMAGE_CLAUSE = ", and the given image is this {noun}'s {image_noun}"
+REC_SUMMARY_CLAUSE = " The {noun}'s {image_noun} shows: {summary}."
+REC_TEMPLATES = (REC_USER, REC_CANDIDATE, REC_IMAGE_CLAUSE, REC_SUMMARY_CLAUSE)
+
+
+def recommendation_parts(preference: str, title: str, *, kind: str, summary: str | None = None,
+                         image_token: str | None = None) -> tuple[str, str]:
+    """(user part, candidate part) of one recommender prompt; their concatenation is the whole user
+    turn. With `image_token` (the processor's, e.g. "<image>") the candidate part starts with it."""
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind={kind!r}: expected one of {DATASET_KINDS}")
+    nouns = {"noun": kind, "image_noun": IMAGE_NOUN[kind]}
+    candidate = REC_CANDIDATE.format(
+        title=title.strip(), noun=kind,
+        image_clause=REC_IMAGE_CLAUSE.format(**nouns) if image_token else "",
+        summary_clause=REC_SUMMARY_CLAUSE.format(summary=summary.strip().rstrip("."), **nouns) if summary else "")
+    if image_token:
+        candidate = f"{image_token}\n{candidate}"
+    return REC_USER.format(preference=preference.strip()), candidate
+
+
+def recommendation_messages(preference: str, title: str, *, kind: str, summary: str | None = None,
+                            image_token: str | None = None) -> list[dict]:
+    """One user turn holding user part + candidate part as a single text block."""
+    return user_message("".join(recommendation_parts(preference, title, kind=kind, summary=summary,
+                                                     image_token=image_token)))
