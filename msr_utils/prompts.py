@@ -59,10 +59,14 @@ def prompt_hash(template_or_parts: str | Sequence[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:12]
 
 
-def item_summary_template(kind: str, with_image: bool) -> str:
-    """The item-summary template for a dataset kind ("video" | "product")."""
+def check_kind(kind: str) -> None:
     if kind not in DATASET_KINDS:
         raise ValueError(f"dataset kind={kind!r}: expected one of {DATASET_KINDS}")
+
+
+def item_summary_template(kind: str, with_image: bool) -> str:
+    """The item-summary template for a dataset kind ("video" | "product")."""
+    check_kind(kind)
     return ITEM_SUMMARY_TEMPLATES[(kind, bool(with_image))]
 
 
@@ -79,10 +83,11 @@ def item_summary_messages(title: str, template: str, with_image: bool) -> list[d
 
 # --- user preference summaries (stage 03) -------------------------------------------------------
 # Wording of the official code, YuyangYe/MLLM-MSR, Inference/microlens/preferece_inference_recurrent.py
-# (blocks of item titles + cover descriptions; the previous preference is fed to the next block).
-# Nouns are dataset-aware ("video"/"cover" or "product"/"image").
+# (blocks of item titles + cover descriptions, numbered within the block; the previous preference is
+# fed to the next block). Nouns are dataset-aware ("video"/"cover" or "product"/"image").
 IMAGE_NOUN = {"video": "cover", "product": "image"}
 USER_ITEM_LINE = "{i}. Title - '{title}', {Noun} {image_noun} description - {summary}."
+USER_ITEM_LINE_TITLE_ONLY = "{i}. Title - '{title}'."  # no item summary (item_summary.enabled: false)
 USER_BLOCK_HEAD = "Below is a chronological list of {noun}s previously interacted with by the user:\n{items}\n"
 USER_BLOCK_FIRST = "Based on the content and visual style of {noun}s listed above, "
 USER_BLOCK_NEXT = ("We also know this user's previous preference.\n{previous}\n"
@@ -100,8 +105,36 @@ USER_DIRECT_TAIL = ("Based on the {noun}s listed above, please summarize the use
                     "about the user's preferences; do not repeat details about the previous {noun}s. Do not "
                     "repeat the question in your answer, and keep it clear and concise. The answer should "
                     "start with 'The user appears to have a preference for'.")
-USER_TEMPLATES = (USER_ITEM_LINE, USER_BLOCK_HEAD, USER_BLOCK_FIRST, USER_BLOCK_NEXT, USER_BLOCK_TAIL,
-                  USER_DIRECT_TAIL)
+# A row whose target is the user's first interaction: no history, no LLM call, this fixed text.
+USER_EMPTY_HISTORY = "The user has no previous interactions, so no preference is known yet."
+USER_TEMPLATES = (USER_ITEM_LINE, USER_ITEM_LINE_TITLE_ONLY, USER_BLOCK_HEAD, USER_BLOCK_FIRST,
+                  USER_BLOCK_NEXT, USER_BLOCK_TAIL, USER_DIRECT_TAIL, USER_EMPTY_HISTORY)
+
+
+def user_items_text(items: Sequence[tuple[str, str | None]], kind: str) -> str:
+    """Numbered lines (1, 2, ... within the block) of (title, item summary or None = title only)."""
+    check_kind(kind)
+    lines = []
+    for i, (title, summary) in enumerate(items, start=1):
+        if summary is None:
+            lines.append(USER_ITEM_LINE_TITLE_ONLY.format(i=i, title=title.strip()))
+        else:
+            lines.append(USER_ITEM_LINE.format(i=i, title=title.strip(), Noun=kind.capitalize(),
+                                               image_noun=IMAGE_NOUN[kind], summary=summary.strip().rstrip(".")))
+    return "\n".join(lines)
+
+
+def user_block_prompt(items_text: str, previous: str | None, kind: str) -> str:
+    """Recurrent step: s_1 = LLM(block_1) when `previous` is None, else s_k = LLM(s_{k-1}, block_k)."""
+    middle = (USER_BLOCK_FIRST.format(noun=kind) if previous is None
+              else USER_BLOCK_NEXT.format(previous=previous.strip(), noun=kind))
+    return USER_BLOCK_HEAD.format(noun=kind, items=items_text) + middle + USER_BLOCK_TAIL.format(noun=kind)
+
+
+def user_direct_prompt(items_text: str, kind: str) -> str:
+    """Direct variant (ablation): the whole history in one prompt."""
+    return USER_DIRECT_HEAD.format(noun=kind, items=items_text) + USER_DIRECT_TAIL.format(noun=kind)
+
 
 # --- recommender: user preference + candidate -> Yes / No (stages 04, 05) ---------------------------
 # Wording of the official code, train/microlens/dataset_create.py, with its typos fixed and the answer
@@ -124,8 +157,7 @@ def recommendation_parts(preference: str, title: str, *, kind: str, summary: str
                          image_token: str | None = None) -> tuple[str, str]:
     """(user part, candidate part) of one recommender prompt; their concatenation is the whole user
     turn. With `image_token` (the processor's, e.g. "<image>") the candidate part starts with it."""
-    if kind not in DATASET_KINDS:
-        raise ValueError(f"dataset kind={kind!r}: expected one of {DATASET_KINDS}")
+    check_kind(kind)
     nouns = {"noun": kind, "image_noun": IMAGE_NOUN[kind]}
     candidate = REC_CANDIDATE.format(
         title=title.strip(), noun=kind,
