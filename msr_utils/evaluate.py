@@ -1,0 +1,248 @@
+"""Stage 05: score every test candidate with P("Yes") and report the paper's metrics.
+
+Variants: `zero_shot` (the profile's base VLM) and, with eval.adapter, `fine_tuned` (the stage-04
+LoRA adapter in data/adapters/<dataset>/ on the same base). Unlike the official script (first 100
+users, generate() per candidate, pooled AUC over reshape(-1, 21)), every test row is scored and
+candidates are grouped explicitly by their row (metrics.evaluate).
+
+Writes under results/<dataset>/: metrics.json (DVC metrics), scores.parquet (one row per
+candidate and variant), results.md / results.csv (ours beside the paper's reported AUC),
+hr_at_k/<variant>.csv (DVC plots: k, hr) and plots/*.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+
+from msr_utils import metrics, models, recommender, scoring
+from msr_utils.config import Params
+from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
+
+VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
+ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
+SCORE_COLUMNS = [recommender.SPLIT, USER, TARGET_POS, ITEM, recommender.LABEL, SCORE, VARIANT]
+SPLIT = "test"
+# AUC (%) of MLLM-MSR as reported in the paper (Ye et al., AAAI-25).
+PAPER_AUC = {"microlens50k": 83.17, "amazon_baby": 84.39, "amazon_games": 85.69}
+
+
+def paths(params: Params, dataset: str) -> dict[str, Path]:
+    processed = params.path(params.data.out_dir) / dataset
+    summaries = params.path("data/summaries") / dataset
+    results = params.root / "results" / dataset
+    return {
+        "test": processed / "test.parquet",
+        "items": processed / "items.parquet",
+        "info": processed / "dataset.json",
+        "item_summaries": summaries / "item_summaries.parquet",
+        "preferences": summaries / "user_preferences.parquet",
+        "adapter": params.path("data/adapters") / dataset,
+        "metrics": results / "metrics.json",
+        "scores": results / "scores.parquet",
+        "table_md": results / "results.md",
+        "table_csv": results / "results.csv",
+        "hr_at_k": results / "hr_at_k",
+        "plots": results / "plots",
+    }
+
+
+def build_examples(params: Params, dataset: str, loaded: models.LoadedModel) -> pd.DataFrame:
+    """The test rows' candidates as recommender prompts (recommender.examples), eval.limit rows."""
+    p = paths(params, dataset)
+    for name in ("test", "items", "info", "preferences"):
+        if not p[name].is_file():
+            stage = "03 (user summaries)" if name == "preferences" else "01 (data prep)"
+            raise FileNotFoundError(f"{p[name]} not found; run stage {stage} for {dataset} first")
+    rows = pd.read_parquet(p["test"])
+    if params.eval.limit:
+        rows = rows.head(params.eval.limit)
+    item_summaries = None
+    if params.item_summary.enabled and params.sft.candidate_summary:
+        if not p["item_summaries"].is_file():
+            raise FileNotFoundError(f"{p['item_summaries']} not found; run stage 02 (item summaries) or set "
+                                    "sft.candidate_summary: false")
+        item_summaries = pd.read_parquet(p["item_summaries"])
+    return recommender.examples(
+        rows, pd.read_parquet(p["preferences"]), pd.read_parquet(p["items"]), item_summaries,
+        loaded.processor, kind=json.loads(p["info"].read_text())["noun"], split=SPLIT,
+        with_image=params.sft.candidate_image and loaded.kind == "vlm",
+        placeholder_images=params.item_summary.placeholder_images)
+
+
+def check_adapter(adapter_dir: Path, model_ref: str | None = None) -> None:
+    """Fail, saying what to do, when stage 04 has not written the adapter or (given `model_ref`)
+    trained it on another base model than the one loaded now."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"fine-tuned adapter not found: {adapter_dir}/adapter_config.json. Run stage 04 "
+                                "(notebooks/04_qlora_sft.ipynb, `dvc repro`) first, or set eval.adapter: false "
+                                "to evaluate the zero-shot model only")
+    trained = adapter_dir / "sft_params.json"  # stage 04 records the base model it trained on
+    base = json.loads(trained.read_text()).get("base_model") if trained.is_file() else None
+    if model_ref is not None and base is not None and base != model_ref:
+        raise ValueError(f"adapter {adapter_dir} was trained on {base!r}, but the base model now is "
+                         f"{model_ref!r}; rerun stage 04 (fine-tuning) for this model")
+
+
+def load_adapter(loaded: models.LoadedModel, adapter_dir: Path) -> models.LoadedModel:
+    """The base model with the stage-04 LoRA adapter applied (in place: score zero-shot first)."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir, loaded.model_ref)
+    model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
+    return dataclasses.replace(loaded, model=model, model_ref=f"{loaded.model_ref}+{adapter_dir.name}-lora")
+
+
+def score_variant(params: Params, loaded: models.LoadedModel, examples: pd.DataFrame, variant: str,
+                  expect_size: int | None) -> tuple[pd.DataFrame, dict]:
+    """Scores of one model variant (SCORE_COLUMNS) and its metrics."""
+    start = time.perf_counter()
+    scores = scoring.score_examples(loaded, examples, image_root=params.root, batch_size=params.eval.batch_size,
+                                    desc=variant)
+    seconds = time.perf_counter() - start
+    out = examples.assign(**{SCORE: scores, VARIANT: variant})
+    result = metrics.evaluate(out.assign(**{GROUP: group_ids(out)}), ks=params.eval.ks, group_col=GROUP,
+                              expect_size=expect_size)
+    result |= {"model": loaded.model_ref, "seconds": round(seconds, 2),
+               "candidates_per_s": round(len(out) / max(seconds, 1e-9), 1)}
+    return out[SCORE_COLUMNS], result
+
+
+def group_ids(df: pd.DataFrame) -> pd.Series:
+    """One id per evaluation row (user + target position): the group of its candidates."""
+    return df[USER].astype(str) + "@" + df[TARGET_POS].astype(str)
+
+
+def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
+    """HR@k for k = 1 .. candidates per row, per variant: columns k, variant, hr."""
+    rows = []
+    for variant, part in scores.groupby(VARIANT, sort=False):
+        ranks = metrics.positive_ranks(part.assign(**{GROUP: group_ids(part)}), group_col=GROUP)
+        n = int(part.groupby(group_ids(part)).size().max())
+        rows += [{"k": k, VARIANT: variant, "hr": metrics.hit_rate(ranks, k)} for k in range(1, n + 1)]
+    return pd.DataFrame(rows)
+
+
+def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
+    """Our metrics (x 100) per variant beside the paper's reported AUC."""
+    label = ("pipeline check (tiny random model), not a result" if params.base.profile == "tiny"
+             else "ours")
+    rows = [{"dataset": dataset, VARIANT: v, "source": label, "profile": params.base.profile,
+             "model": result[v]["model"], "seed": params.base.seed,
+             **{k: round(100 * x, 2) for k, x in result[v].items() if k in metric_keys(params)},
+             "n_groups": result[v]["n_groups"]} for v in variants(params)]
+    rows.append({"dataset": dataset, VARIANT: "MLLM-MSR", "source": "reported (paper)", "profile": "paper",
+                 "model": "LLaVA-v1.6, fine-tuned", "auc": PAPER_AUC.get(dataset)})
+    return pd.DataFrame(rows).astype({"seed": "Int64", "n_groups": "Int64"})
+
+
+def metric_keys(params: Params) -> list[str]:
+    return ["auc", "gauc"] + [f"{m}@{k}" for k in params.eval.ks for m in ("hr", "ndcg", "mrr")]
+
+
+def variants(params: Params) -> list[str]:
+    return [ZERO_SHOT, FINE_TUNED] if params.eval.adapter else [ZERO_SHOT]
+
+
+def plot_scores(scores: pd.DataFrame):
+    """P(Yes) histograms, positives vs negatives, one panel per variant."""
+    names = list(dict.fromkeys(scores[VARIANT]))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        part = scores[scores[VARIANT] == name].assign(
+            candidate=lambda d: d[recommender.LABEL].map({1: "positive", 0: "negative"}))
+        sns.histplot(part, x=SCORE, hue="candidate", stat="density", common_norm=False, bins=30, ax=ax)
+        ax.set(title=name, xlabel='P("Yes")')
+    fig.tight_layout()
+    return fig
+
+
+def plot_hr(curve: pd.DataFrame):
+    """HR@K against K, one line per variant."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.lineplot(curve, x="k", y="hr", hue=VARIANT, marker="o", ax=ax)
+    n = curve["k"].max()
+    ax.plot([0, n], [0, 1], ls="--", c="grey", label="random")  # HR@K of a random ranking: K / n
+    ax.legend()
+    ax.set(xlabel="K", ylabel="HR@K", ylim=(0, 1.02))
+    fig.tight_layout()
+    return fig
+
+
+def run(params: Params, dataset: str) -> dict:
+    """Score the test split with each variant; write metrics, scores, tables and plots.
+
+    Returns {"metrics", "settings", "scores", "examples", "table", "hr_at_k", "figures", "example"}:
+    "example" is the first test row's candidates with their scores and ranks."""
+    p = paths(params, dataset)
+    if params.eval.adapter:
+        check_adapter(p["adapter"])  # before loading anything
+    torch.manual_seed(params.base.seed)
+    loaded = models.load_profile(params, "vlm")
+    if params.eval.adapter:
+        check_adapter(p["adapter"], loaded.model_ref)  # before any scoring
+    examples = build_examples(params, dataset, loaded)
+    expect_size = 1 + json.loads(p["info"].read_text())["neg_eval"]
+
+    result: dict = {}
+    parts = []
+    for variant in variants(params):
+        if variant == FINE_TUNED:
+            loaded = load_adapter(loaded, p["adapter"])
+        scores, result[variant] = score_variant(params, loaded, examples, variant, expect_size)
+        parts.append(scores)
+    scores = pd.concat(parts, ignore_index=True)
+    settings = {"dataset": dataset, "split": SPLIT, "profile": params.base.profile, "seed": params.base.seed,
+                "vlm": params.models_in_use.vlm, "ks": list(params.eval.ks),
+                "adapter": str(p["adapter"].relative_to(params.root)) if params.eval.adapter else None}
+    result |= settings
+
+    table, curve = results_table(params, dataset, result), hr_curve(scores)
+    figures = {"score_distribution": plot_scores(scores), "hr_at_k": plot_hr(curve)}
+    for folder in (p["plots"], p["hr_at_k"]):
+        folder.mkdir(parents=True, exist_ok=True)
+    p["metrics"].write_text(json.dumps(result, indent=2) + "\n")
+    scores.to_parquet(p["scores"], index=False)
+    table.to_csv(p["table_csv"], index=False)
+    p["table_md"].write_text(markdown(table, params, dataset))
+    for stale in p["hr_at_k"].glob("*.csv"):  # a variant dropped since the last run
+        stale.unlink()
+    for variant, part in curve.groupby(VARIANT):
+        part[["k", "hr"]].to_csv(p["hr_at_k"] / f"{variant}.csv", index=False)
+    for name, fig in figures.items():
+        fig.savefig(p["plots"] / f"{name}.png", dpi=120)
+        plt.close(fig)  # the notebook displays the returned figure once
+    return {"metrics": result, "settings": settings, "scores": scores, "examples": examples, "table": table,
+            "hr_at_k": curve, "figures": figures, "example": candidates_of(scores, pd.read_parquet(p["items"]))}
+
+
+def candidates_of(scores: pd.DataFrame, items: pd.DataFrame, row: int = 0) -> pd.DataFrame:
+    """One evaluation row's candidates (the `row`-th group): title, label, and per variant the score
+    and the rank among the row's candidates (1 = best)."""
+    groups = group_ids(scores)
+    part = scores[groups == groups.unique()[row]]
+    wide = part.pivot(index=[ITEM, recommender.LABEL], columns=VARIANT, values=SCORE)
+    ranks = wide.rank(ascending=False, method="max").astype(int)  # pessimistic on ties, as the metrics
+    names = list(dict.fromkeys(part[VARIANT]))
+    columns = [ITEM, recommender.LABEL] + [f"{c}_{v}" for v in names for c in ("score", "rank")] + [TITLE]
+    out = wide.add_prefix("score_").join(ranks.add_prefix("rank_")).reset_index()
+    return (out.merge(items[[ITEM, TITLE]], on=ITEM, how="left")[columns]
+            .sort_values(f"rank_{names[0]}", kind="stable").reset_index(drop=True))
+
+
+def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
+    """results.md: the table plus where the numbers come from."""
+    note = ("**Pipeline check, not results**: the tiny profile scores with small random-initialised models."
+            if params.base.profile == "tiny" else f"Profile `{params.base.profile}`.")
+    return (f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
+            f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
+            f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
+            f"{note} Paper: AUC as reported in Ye et al. (AAAI-25).\n\n"
+            + table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="–") + "\n")

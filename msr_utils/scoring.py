@@ -1,0 +1,177 @@
+"""P("Yes") scoring of recommender prompts: one forward pass per candidate, no generate().
+
+score = softmax over the (Yes, No) answer-token logits at the last prompt token (the answer
+position). The answer ids come from `recommender.answer_token_ids`, never hard-coded.
+
+Two exact paths over the same tokens:
+- `shared` (default): the candidates of one evaluation row share the user part of the prompt. Their
+  longest common token prefix (cut before any image token, and leaving at least one token per
+  candidate) is encoded once; its KV cache is copied across a batch of right-padded suffixes, and
+  each row's logit is read at its last real token. Image-bearing suffixes carry their own
+  pixel_values (the processor already expanded the image token inside the suffix).
+- `naive`: each candidate's whole prompt alone (batch_size 1), or padded batches of whole prompts
+  (right or left padding; left padding gets explicit position ids).
+Both give the same scores up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import DynamicCache
+
+from msr_utils import recommender
+from msr_utils.data.schema import IMAGE_PATH, TARGET_POS, USER
+from msr_utils.models import LoadedModel
+from msr_utils.summarize import load_image
+
+METHODS = ("shared", "naive")
+GROUP_COLUMNS = [recommender.SPLIT, USER, TARGET_POS]  # candidates of one evaluation row
+
+
+@dataclass
+class Encoded:
+    """One tokenized prompt: token ids (image tokens expanded) and its vision inputs, if any."""
+    ids: list[int]
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_sizes, ...
+
+
+def answer_ids(loaded: LoadedModel) -> tuple[int, int]:
+    """(Yes id, No id) as the tokenizer writes them after the generation prompt."""
+    ids = recommender.answer_token_ids(loaded.processor, loaded.tokenizer)
+    return ids["Yes"], ids["No"]
+
+
+def encode(loaded: LoadedModel, prompt: str, image_path: Path | None = None) -> Encoded:
+    """Tokenize one prompt exactly as a lone forward would see it (the processor expands the image
+    token into the image's feature tokens)."""
+    bos = loaded.tokenizer.bos_token
+    add_special = not (bos and prompt.startswith(bos))  # chat templates usually write BOS already
+    if image_path is None:
+        return Encoded(loaded.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+    if loaded.kind != "vlm":
+        raise ValueError(f"prompt has an image ({image_path}) but model {loaded.model_ref!r} is a text LM")
+    image = load_image(image_path)
+    if image is None:
+        raise FileNotFoundError(f"candidate image {image_path} is missing or unreadable; rerun stage 01 "
+                                "(it writes placeholders for missing images) or set sft.candidate_image: false")
+    out = loaded.processor(text=[prompt], images=[image], add_special_tokens=add_special, return_tensors="pt")
+    vision = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+    if "pixel_values" in vision and vision["pixel_values"].dim() == 5:  # LLaVA-NeXT: (1, patches, C, H, W)
+        vision["pixel_values"] = vision["pixel_values"][0]
+    return Encoded(out["input_ids"][0].tolist(), vision)
+
+
+def shared_prefix_length(encoded: list[Encoded], stop_ids: set[int] = frozenset()) -> int:
+    """Tokens every prompt starts with, cut before the first `stop_ids` token (image tokens) and
+    leaving each prompt at least one token of its own (the answer position)."""
+    n = min(len(e.ids) for e in encoded) - 1
+    first = encoded[0].ids
+    for e in encoded[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first, e.ids)) if a != b), n))
+    return next((i for i, t in enumerate(first[:n]) if t in stop_ids), max(n, 0))
+
+
+def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), padded to the longest sequence on `side`."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[row, cols], mask[row, cols] = torch.tensor(s), 1
+    return ids, mask
+
+
+def _vision_batch(encoded: list[Encoded], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Vision inputs of a batch: each key concatenated over the prompts that have an image."""
+    with_image = [e.vision for e in encoded if e.vision]
+    out = {k: torch.cat([v[k] for v in with_image]).to(device) for k in (with_image[0] if with_image else {})}
+    if "pixel_values" in out:
+        out["pixel_values"] = out["pixel_values"].to(dtype)
+    return out
+
+
+def _p_yes(model, answers: tuple[int, int], ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
+           **kwargs) -> np.ndarray:
+    """P(Yes) at column `last` of each row, from one forward pass that keeps only the needed logits."""
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=last[:, None], use_cache="cache" in kwargs,
+                   **kwargs).logits  # (batch, 1, vocab): one position per row
+    pair = logits[:, 0, list(answers)].float()
+    return torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
+
+
+def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
+                 batch_size: int = 21) -> np.ndarray:
+    """P(Yes) for the candidates of one evaluation row, their common prefix encoded once."""
+    model, device = loaded.model, loaded.device
+    image_id = getattr(loaded.model.config, "image_token_id", None)
+    n_prefix = shared_prefix_length(encoded, {image_id} if image_id is not None else set())
+    cache = None
+    if n_prefix:
+        prefix = torch.tensor([encoded[0].ids[:n_prefix]], device=device)
+        cache = model(input_ids=prefix, use_cache=True).cache
+    scores = []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        ids, mask = _pad([e.ids[n_prefix:] for e in batch], loaded.tokenizer.pad_token_id, "right")
+        kwargs = _vision_batch(batch, model.dtype, device)
+        if cache is not None:  # a fresh batch-sized copy: the forward appends the suffix to it
+            kwargs["cache"] = DynamicCache([(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1))
+                                            for k, v, *_ in cache], config=model.config)
+            mask = torch.cat([torch.ones((len(batch), n_prefix), dtype=mask.dtype), mask], dim=1)
+        scores.append(_p_yes(model, answers, ids.to(device), mask.to(device),
+                             (mask.sum(1) - 1 - n_prefix).to(device), **kwargs))
+    return np.concatenate(scores)
+
+
+def score_naive(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
+                batch_size: int = 1, padding_side: str = "right") -> np.ndarray:
+    """P(Yes) of whole prompts, `batch_size` per forward padded on `padding_side` (the reference)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+    scores = []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        ids, mask = _pad([e.ids for e in batch], loaded.tokenizer.pad_token_id, padding_side)
+        kwargs = _vision_batch(batch, loaded.model.dtype, loaded.device)
+        if padding_side == "left":  # real tokens keep positions 0..n-1
+            kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(loaded.device)
+            last = torch.full((len(batch),), ids.shape[1] - 1)
+        else:
+            last = mask.sum(1) - 1
+        scores.append(_p_yes(loaded.model, answers, ids.to(loaded.device), mask.to(loaded.device),
+                             last.to(loaded.device), **kwargs))
+    return np.concatenate(scores)
+
+
+def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: str | Path = ".",
+                   batch_size: int = 21, method: str = "shared", padding_side: str = "right",
+                   progress: bool = True, desc: str = "scoring") -> np.ndarray:
+    """P(Yes) for each row of `recommender.examples` output (prompt, image_path relative to
+    image_root), in row order. `shared` groups candidates by (split, user_id, target_pos)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    answers, root = answer_ids(loaded), Path(image_root)
+    scores = np.full(len(examples), np.nan)
+    positions = np.arange(len(examples))
+    groups = (examples.groupby(GROUP_COLUMNS, sort=False).indices.values() if method == "shared"
+              else np.array_split(positions, max(1, -(-len(examples) // batch_size))))
+    bar = tqdm(total=len(examples), desc=desc, unit="cand", disable=not progress)
+    with torch.inference_mode():
+        for rows in groups:
+            part = examples.iloc[rows]
+            encoded = [encode(loaded, p, None if pd.isna(i) else root / i)
+                       for p, i in zip(part[recommender.PROMPT], part[IMAGE_PATH])]
+            scores[rows] = (score_shared(loaded, encoded, answers, batch_size) if method == "shared"
+                            else score_naive(loaded, encoded, answers, batch_size, padding_side))
+            bar.update(len(rows))
+    bar.close()
+    return scores

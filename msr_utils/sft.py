@@ -1,0 +1,503 @@
+"""Stage 04: LoRA / QLoRA supervised fine-tuning of the recommender (user preference + candidate
+[+ image] -> "Yes" / "No").
+
+Examples come from `recommender.examples`, the prompt builder stage 05 scores with, so training and
+scoring see the same text. Labels are -100 everywhere except the answer tokens and the end token the
+chat template puts after them (the token-level prefix check fails loudly if the template breaks it).
+Train: every train row's target + its negative (1:1). Valid (eval loss only): each row's target + one
+of its negatives drawn with base.seed, so the eval loss has the training class balance; ranking over
+all 20 negatives is stage 05's job.
+
+LoRA on every linear layer of the language model (never the vision tower nor the projector); 4-bit
+NF4 QLoRA when the profile asks for it (needs CUDA, `models.load` refuses otherwise); fp32 LoRA on
+CPU. Checkpoints go to data/checkpoints/<dataset> (not a DVC output): a rerun with the same
+settings and data resumes from the last one; anything else starts over. Only the adapter and the
+processor are kept, in data/adapters/<dataset>.
+
+CLI (also under `accelerate launch -m msr_utils.sft ...` for DDP):
+    python -m msr_utils.sft --dataset microlens50k [--set sft.epochs=2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import yaml
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from msr_utils import models, prompts, recommender, summarize
+from msr_utils.config import DATASETS, Params, load_params
+from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
+
+TEXT, ANSWER, N_ANSWER, LENGTH = "text", "answer", "n_answer", "length"
+IGNORE = -100  # label of tokens the loss skips
+RUN_STAMP = "run.json"  # in the checkpoint folder: what the checkpoints were trained on
+CURVE_COLUMNS = ["step", "train_loss", "eval_loss"]
+
+
+def paths(params: Params, dataset: str) -> dict[str, Path]:
+    data = params.path(params.data.out_dir) / dataset
+    summaries = params.path("data/summaries") / dataset
+    results = params.root / "results" / dataset
+    return {
+        "train": data / "train.parquet",
+        "valid": data / "valid.parquet",
+        "items": data / "items.parquet",
+        "info": data / "dataset.json",
+        "preferences": summaries / "user_preferences.parquet",
+        "item_summaries": summaries / "item_summaries.parquet",
+        "checkpoints": params.path("data/checkpoints") / dataset,
+        "adapter": params.path("data/adapters") / dataset,
+        "metrics": results / "sft.json",
+        "curve": results / "sft_curve.csv",
+        "plot": results / "sft_curve.png",
+    }
+
+
+def read_parquet(path: Path, made_by: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; it is written by {made_by}")
+    return pd.read_parquet(path)
+
+
+# --- examples -------------------------------------------------------------------------------------
+
+def pick_rows(rows: pd.DataFrame, split: str, limit: int, seed: int) -> pd.DataFrame:
+    """Train: the first `limit` rows (0 = all). Valid: each row's target + one seeded negative."""
+    if split == "train":
+        return rows.head(limit) if limit else rows
+    rng = np.random.default_rng(seed)
+    pairs = [[c[0], c[1 + rng.integers(len(c) - 1)]] if len(c) > 1 else list(c) for c in rows[CANDIDATES]]
+    return rows.assign(**{CANDIDATES: pairs})
+
+
+def readable_images(items: pd.DataFrame, root: Path, wanted: set[str]) -> tuple[pd.DataFrame, dict, int]:
+    """items with image_path set to None where the file cannot be read (among `wanted` items),
+    {item_id: (width, height)} of the readable ones, and how many could not be read."""
+    items = items.copy()
+    sizes, broken = {}, []
+    todo = items[items[ITEM].isin(wanted) & items[IMAGE_PATH].notna()]
+    for item, rel in tqdm(zip(todo[ITEM], todo[IMAGE_PATH]), total=len(todo), desc="check images",
+                          mininterval=2):
+        image = summarize.load_image(root / rel)
+        if image is None:
+            broken.append(item)
+        else:
+            sizes[item] = image.size
+    items.loc[items[ITEM].isin(broken), IMAGE_PATH] = None
+    return items, sizes, len(broken)
+
+
+def answer_suffixes(processor) -> dict[str, str]:
+    """{"Yes": text, "No": text}: what the chat template appends to a prompt for each answer (the
+    answer plus its end token). Checked to continue the prompt exactly."""
+    messages = prompts.user_message("Will the user like it?")
+    prompt = recommender.chat_text(processor, messages)
+    suffixes = {}
+    for answer in prompts.ANSWERS:
+        full = recommender.chat_text(processor, messages, answer)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently once an answer follows; "
+                             "cannot train on prompt + answer")
+        suffixes[answer] = full[len(prompt):]
+    return suffixes
+
+
+def add_special(tokenizer, text: str) -> bool:
+    """Whether the tokenizer should add BOS: not when the chat template already wrote it."""
+    bos = tokenizer.bos_token
+    return not (bos and text.startswith(bos))
+
+
+def image_token_counts(processor, sizes: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Tokens one image of each (width, height) expands to (the processor's own count)."""
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    counts = {}
+    for size in sizes:
+        enc = processor(text=[processor.image_token], images=[Image.new("RGB", size)],
+                        add_special_tokens=False)
+        counts[size] = int(np.sum(np.asarray(enc["input_ids"][0]) == image_id))
+    return counts
+
+
+def build_examples(params: Params, dataset: str, loaded: models.LoadedModel, split: str,
+                   tables: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict]:
+    """One row per (split row, candidate): recommender.EXAMPLE_COLUMNS + answer, text (prompt +
+    answer + end token), n_answer (tokens trained on, at the end), length (tokens after image
+    expansion). Rows longer than sft.max_length are dropped and counted."""
+    cfg, p = params.sft, paths(params, dataset)
+    tables = tables or load_tables(params, dataset)
+    processor, tokenizer = loaded.processor, loaded.tokenizer
+    rows = pick_rows(tables[split], split, cfg.limit, params.base.seed)
+    prefs = tables["preferences"]
+    have = pd.MultiIndex.from_frame(prefs.loc[prefs[recommender.SPLIT] == split, [USER, TARGET_POS]])
+    known = pd.MultiIndex.from_frame(rows[[USER, TARGET_POS]]).isin(have)
+    stats = {"rows": int(known.sum()), "rows_without_preference": int((~known).sum())}
+    if not known.any():
+        raise ValueError(f"{p['preferences']}: no user preference for any of the {len(rows)} {split} rows; "
+                         "run stage 03 (user summaries) for this split")
+    rows = rows[known]
+
+    with_image = cfg.candidate_image and loaded.kind == "vlm"
+    wanted = set(rows[CANDIDATES].explode())
+    items, sizes, broken = (readable_images(tables["items"], params.root, wanted) if with_image
+                            else (tables["items"], {}, 0))
+    ex = recommender.examples(rows, prefs, items, tables["item_summaries"], processor, kind=tables["noun"],
+                              split=split, with_image=with_image,
+                              placeholder_images=params.item_summary.placeholder_images)
+    ex[ANSWER] = np.where(ex[recommender.LABEL] == 1, prompts.ANSWERS[0], prompts.ANSWERS[1])
+    suffix = answer_suffixes(processor)
+    ex[TEXT] = ex[recommender.PROMPT] + ex[ANSWER].map(suffix)
+
+    # Token-level check: the prompt's ids are a prefix of the full ids, the first answer token is the
+    # one scoring reads (recommender.answer_token_ids).
+    special = add_special(tokenizer, ex[TEXT].iloc[0]) if len(ex) else False
+    prompt_ids = tokenizer(ex[recommender.PROMPT].tolist(), add_special_tokens=special)["input_ids"]
+    full_ids = tokenizer(ex[TEXT].tolist(), add_special_tokens=special)["input_ids"]
+    first = recommender.answer_token_ids(processor, tokenizer)
+    for n, (a, b, answer) in enumerate(zip(prompt_ids, full_ids, ex[ANSWER])):
+        if b[:len(a)] != a or len(b) == len(a) or b[len(a)] != first[answer]:
+            raise ValueError(f"{split} example {n}: the prompt's tokens are not followed by the {answer!r} "
+                             f"token {first[answer]} in the answered conversation; labels would be wrong")
+    ex[N_ANSWER] = [len(b) - len(a) for a, b in zip(prompt_ids, full_ids)]
+
+    length = np.array([len(b) for b in full_ids])
+    if with_image:
+        image_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+        counts = image_token_counts(processor, set(sizes.values()))
+        markers = np.array([b.count(image_id) for b in full_ids])
+        expanded = [counts[sizes[item]] if isinstance(path, str) else 0
+                    for item, path in zip(ex[ITEM], ex[IMAGE_PATH])]
+        length = length - markers + np.array(expanded, dtype=int)
+    ex[LENGTH] = length
+    too_long = ex[LENGTH] > cfg.max_length
+    stats |= {"examples": int((~too_long).sum()),
+              "positives": int(ex.loc[~too_long, recommender.LABEL].sum()),
+              "with_image": int(ex.loc[~too_long, IMAGE_PATH].notna().sum()),
+              "text_only": int(ex.loc[~too_long, IMAGE_PATH].isna().sum()),
+              "unreadable_images": broken,
+              "too_long": int(too_long.sum()), "max_tokens": int(ex[LENGTH].max())}
+    if too_long.any():
+        warnings.warn(f"{int(too_long.sum())} of {len(ex)} {split} examples are longer than "
+                      f"sft.max_length={cfg.max_length} tokens and were dropped", stacklevel=2)
+    if too_long.all():
+        raise ValueError(f"all {len(ex)} {split} examples are longer than sft.max_length={cfg.max_length} "
+                         f"(shortest {int(ex[LENGTH].min())} tokens, images included): raise sft.max_length")
+    return ex[~too_long].reset_index(drop=True), stats
+
+
+def load_tables(params: Params, dataset: str) -> dict[str, Any]:
+    """The inputs of the stage, each failing with the file and the stage that writes it."""
+    p = paths(params, dataset)
+    tables = {s: read_parquet(p[s], "stage 01 (data prep)") for s in ("train", "valid", "items")}
+    tables["noun"] = json.loads(p["info"].read_text())["noun"]
+    tables["preferences"] = read_parquet(p["preferences"], "stage 03 (user summaries)")
+    use_summary = params.sft.candidate_summary and params.item_summary.enabled
+    tables["item_summaries"] = (read_parquet(p["item_summaries"], "stage 02 (item summaries)")
+                                if use_summary else None)
+    return tables
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+@dataclass
+class Collator:
+    """Right-padded batch of finished conversations (+ images); labels keep only the last n_answer
+    real tokens of each row (answer + end token)."""
+    processor: Any
+    tokenizer: Any
+    kind: str
+    root: Path
+    pixel_dtype: torch.dtype = torch.float32
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        texts = [b[TEXT] for b in batch]
+        kwargs = dict(text=texts, padding=True, padding_side="right", return_tensors="pt",
+                      add_special_tokens=add_special(self.tokenizer, texts[0]))
+        if self.kind == "vlm":
+            images = [summarize.load_image(self.root / b[IMAGE_PATH])
+                      for b in batch if isinstance(b[IMAGE_PATH], str)]
+            if any(im is None for im in images):
+                raise RuntimeError("an image that was readable when the examples were built is not any more")
+            enc = self.processor(images=images or None, **kwargs)
+        else:
+            enc = self.tokenizer(**kwargs)
+        real = enc["attention_mask"].sum(1)
+        expected = torch.tensor([b[LENGTH] for b in batch])
+        if not torch.equal(real, expected):
+            raise RuntimeError(f"batch lengths {real.tolist()} differ from the precomputed "
+                               f"{expected.tolist()}")
+        pos = torch.arange(enc["input_ids"].shape[1])
+        start = real - torch.tensor([b[N_ANSWER] for b in batch])
+        keep = (pos[None] >= start[:, None]) & (pos[None] < real[:, None])
+        enc["labels"] = enc["input_ids"].masked_fill(~keep, IGNORE)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.pixel_dtype)
+        return dict(enc)
+
+
+def token_table(collator: Collator, example: dict) -> pd.DataFrame:
+    """One encoded example, a row per token: id, token, label, trained."""
+    enc = collator([example])
+    ids, labels = enc["input_ids"][0].tolist(), enc["labels"][0].tolist()
+    return pd.DataFrame({"id": ids, "token": collator.tokenizer.convert_ids_to_tokens(ids),
+                         "label": labels, "trained": [lab != IGNORE for lab in labels]})
+
+
+def masked_text(table: pd.DataFrame, tokenizer, image_token: str | None = None) -> str:
+    """The example as text: masked tokens plain, trained tokens inside ⟦ ⟧, image runs collapsed."""
+    parts = []
+    for trained, group in table.groupby((table["trained"] != table["trained"].shift()).cumsum()):
+        text = tokenizer.decode(group["id"].tolist())
+        parts.append(f"⟦{text}⟧" if group["trained"].iloc[0] else text)
+    text = "".join(parts)
+    if image_token:
+        token = re.escape(image_token)
+        text = re.sub(f"(?:{token}){{2,}}",
+                      lambda m: f"{image_token}×{len(m.group()) // len(image_token)}", text)
+    return text
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+def lora_targets(model: torch.nn.Module) -> str:
+    """Regex (peft full-match on module names) of every linear layer of the language model: under
+    `language_model` for a VLM (the vision tower and the projector are left alone), every linear
+    layer but the output head for a plain LM."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    lm = [n for n in names if ".language_model." in f".{n}"]
+    if lm:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in lm})
+        return rf"(.*\.)?language_model\..*\.({'|'.join(leaves)})"
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n.rsplit(".", 1)[-1] != "lm_head"})
+    if not leaves:
+        raise ValueError(f"{type(model).__name__}: no linear layers to put LoRA on")
+    return rf".*\.({'|'.join(leaves)})"
+
+
+def with_lora(loaded: models.LoadedModel, params: Params):
+    """The loaded model wrapped with LoRA (after k-bit preparation when it is 4-bit)."""
+    cfg, model = params.sft, loaded.model
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=lora_targets(model), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+class TokenCount(TrainerCallback):
+    """Tokens seen and wall time of this session (a resumed run starts counting at its checkpoint)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens, self.start = state.num_input_tokens_seen, time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tokens = state.num_input_tokens_seen - self.tokens
+        self.seconds = time.perf_counter() - self.start
+
+
+def training_args(params: Params, folder: Path, progress: bool = True) -> TrainingArguments:
+    """Trainer settings from params.sft; bf16 (else fp16) autocast on CUDA, like models.load's dtype."""
+    cfg, on_cuda = params.sft, torch.cuda.is_available()
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(folder), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        eval_strategy="steps", eval_steps=cfg.save_steps,
+        train_sampling_strategy="group_by_length", length_column_name=LENGTH, remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", bf16=bf16, fp16=on_cuda and not bf16,
+        seed=params.base.seed, data_seed=params.base.seed, report_to="none", disable_tqdm=not progress,
+        use_cpu=not on_cuda,
+    )
+
+
+def run_fingerprint(params: Params, model_ref: str, world_size: int, *frames: pd.DataFrame) -> str:
+    """What a checkpoint depends on: sft params, model, seed, processes, the examples' text."""
+    digest = hashlib.sha256(json.dumps(
+        [params.sft.model_dump(), params.models_in_use.model_dump(), model_ref, params.base.seed, world_size],
+        sort_keys=True, default=str).encode())
+    for df in frames:
+        digest.update(pd.util.hash_pandas_object(df[[TEXT, IMAGE_PATH]], index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resume_point(folder: Path, fingerprint: str) -> str | None:
+    """The last checkpoint in `folder` when it was trained on the same fingerprint; otherwise the
+    folder is emptied (its checkpoints belong to other settings or data) and None is returned."""
+    stamp = folder / RUN_STAMP
+    same = stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+    if folder.is_dir() and not same:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    return get_last_checkpoint(str(folder))
+
+
+def loss_curve(log_history: list[dict]) -> pd.DataFrame:
+    """(step, train_loss, eval_loss) from Trainer.state.log_history, one row per logged step."""
+    rows = [{"step": h["step"], "train_loss": h.get("loss"), "eval_loss": h.get("eval_loss")}
+            for h in log_history if "loss" in h or "eval_loss" in h]
+    if not rows:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.DataFrame(rows).groupby("step", as_index=False).last()[CURVE_COLUMNS]
+
+
+def plot_curve(curve: pd.DataFrame, title: str = ""):
+    """Train and eval loss against the optimizer step."""
+    long = curve.melt("step", ["train_loss", "eval_loss"], var_name="loss", value_name="value").dropna()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sns.lineplot(long, x="step", y="value", hue="loss", marker="o", ax=ax)
+    ax.set(ylabel="cross-entropy on answer tokens", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def peak_memory_mb(on_cuda: bool) -> tuple[float, str]:
+    if on_cuda:
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "process_max_rss"  # Linux: KiB
+
+
+@dataclass
+class SftResult:
+    metrics: dict
+    curve: pd.DataFrame
+    example: pd.DataFrame  # token_table of the first training example
+    example_text: str  # masked_text of it
+    model: Any  # the trained PeftModel
+    trainer: Trainer
+
+
+def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = None,
+        progress: bool = True) -> SftResult:
+    """Fine-tune the profile's VLM on the dataset's train split; writes the adapter, the curve and
+    sft.json (rank 0). Resumes from data/checkpoints/<dataset> when it holds a run of the same setup."""
+    p, seed = paths(params, dataset), params.base.seed
+    on_cuda = torch.cuda.is_available()
+    if on_cuda:  # one GPU per process under `accelerate launch`
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    set_seed(seed)
+    loaded = models.load_profile(params, "vlm")
+    tables = load_tables(params, dataset)
+    train, train_stats = build_examples(params, dataset, loaded, "train", tables)
+    valid, valid_stats = build_examples(params, dataset, loaded, "valid", tables)
+
+    quantized = getattr(loaded.model, "is_loaded_in_4bit", False)  # k-bit prep makes the vision tower fp32
+    pixel_dtype = torch.float32 if quantized else loaded.model.dtype
+    set_seed(seed)  # LoRA init does not depend on what ran before
+    model = with_lora(loaded, params)
+    trainable, total = model.get_nb_trainable_parameters()
+    args = training_args(params, p["checkpoints"], progress)
+    with args.main_process_first(local=False, desc="checkpoint folder"):
+        fingerprint = run_fingerprint(params, loaded.model_ref, args.world_size, train, valid)
+        resume = (resume_point(p["checkpoints"], fingerprint) if args.process_index == 0
+                  else get_last_checkpoint(str(p["checkpoints"])))
+    columns = [TEXT, IMAGE_PATH, N_ANSWER, LENGTH]
+    collator = Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root, pixel_dtype)
+    counter = TokenCount()
+    trainer = Trainer(model=model, args=args, data_collator=collator,
+                      train_dataset=Dataset.from_pandas(train[columns]),
+                      eval_dataset=Dataset.from_pandas(valid[columns]),
+                      callbacks=[counter, *(callbacks or [])])
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # no log dicts either; the curve has the losses
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    out = trainer.train(resume_from_checkpoint=resume)
+    curve = loss_curve(trainer.state.log_history)
+    last = curve.iloc[-1] if len(curve) else None
+    if last is None or last["step"] != trainer.state.global_step or pd.isna(last["eval_loss"]):
+        trainer.evaluate()  # the last step was not an eval step
+        curve = loss_curve(trainer.state.log_history)
+    train_losses = curve["train_loss"].dropna()
+    memory, memory_kind = peak_memory_mb(on_cuda)
+    metrics = {
+        "steps": int(trainer.state.global_step), "epochs": float(params.sft.epochs),
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
+        "train_loss_first": float(train_losses.iloc[0]) if len(train_losses) else None,
+        "train_loss_last": float(train_losses.iloc[-1]) if len(train_losses) else None,
+        "train_loss_mean": float(out.training_loss) if counter.tokens else None,  # this session's steps
+        "eval_loss": float(curve["eval_loss"].iloc[-1]),
+        "trainable_params": int(trainable), "total_params": int(total),
+        "trainable_percent": round(100 * trainable / total, 4),
+        "train_seconds": round(counter.seconds, 2),
+        "tokens_per_s": round(counter.tokens / counter.seconds, 1) if counter.tokens else None,
+        "peak_memory_mb": round(memory, 1), "peak_memory_kind": memory_kind,
+        "world_size": args.world_size, "quantization": params.models_in_use.quantization,
+        "model": loaded.model_ref,
+        **{f"train_{k}": v for k, v in train_stats.items()},
+        **{f"valid_{k}": v for k, v in valid_stats.items()},
+    }
+    example = token_table(collator, trainer.train_dataset[0])
+    text = masked_text(example, loaded.tokenizer, getattr(loaded.processor, "image_token", None))
+    if trainer.is_world_process_zero():
+        save_outputs(p, trainer, loaded, params, metrics, curve, dataset)
+    return SftResult(metrics, curve, example, text, trainer.model, trainer)
+
+
+def save_outputs(p: dict[str, Path], trainer: Trainer, loaded: models.LoadedModel, params: Params,
+                 metrics: dict, curve: pd.DataFrame, dataset: str) -> None:
+    """Adapter + processor + the settings they were trained with; curve csv/png; sft.json."""
+    shutil.rmtree(p["adapter"], ignore_errors=True)
+    trainer.model.save_pretrained(p["adapter"])
+    loaded.processor.save_pretrained(p["adapter"])
+    (p["adapter"] / "sft_params.json").write_text(json.dumps(
+        {"base_model": loaded.model_ref, "seed": params.base.seed, "sft": params.sft.model_dump(),
+         "item_summary_enabled": params.item_summary.enabled,
+         "placeholder_images": params.item_summary.placeholder_images}, indent=2) + "\n")
+    p["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(p["curve"], index=False)
+    fig = plot_curve(curve, f"{dataset}: LoRA fine-tuning")
+    fig.savefig(p["plot"], dpi=120)
+    plt.close(fig)
+    p["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--params", default=None, help="params.yaml (default: found upwards from the cwd)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set sft.epochs=2 (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    result = run(load_params(args.params, overrides), args.dataset)
+    if result.trainer.is_world_process_zero():
+        print(json.dumps(result.metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""P("Yes") scoring: the shared-prefix path equals naive per-candidate scoring on the tiny models."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from msr_utils import models, prompts, recommender, scoring, tiny
+from msr_utils.scoring import Encoded, shared_prefix_length
+
+PREFERENCE = ("The user appears to have a preference for cooking videos with bright colors, funny cats, "
+              "travel in the city at night and music with dance.")
+TITLES = ["a red dress for summer", "funny cat plays with a ball", "music", "the city at night, a short film",
+          "a plate of food and a smiling chef in a bright kitchen"]
+SIZES = [(32, 32), (64, 32), (120, 60), (48, 96)]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    out = tiny.build(tmp_path_factory.mktemp("models"), seed=0)
+    return {kind: models.load(path, kind=kind) for kind, path in out.items()}
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(SIZES):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def examples(model: models.LoadedModel, with_image: bool, users: int = 2) -> pd.DataFrame:
+    """Candidates of `users` rows (5 each, different preferences); every other one with an image."""
+    image_token = getattr(model.processor, "image_token", None) if with_image else None
+    rows = []
+    for u in range(users):
+        for c, title in enumerate(TITLES):
+            image = image_token if c % 2 == 0 else None
+            messages = prompts.recommendation_messages(f"{PREFERENCE} User {u}.", title, kind="video",
+                                                       summary="a cat on a sofa" if c % 3 else None,
+                                                       image_token=image)
+            rows.append({"split": "test", "user_id": f"u{u}", "target_pos": 5, "item_id": f"i{c}",
+                         "label": int(c == 0), "prompt": recommender.chat_text(model.processor, messages),
+                         "image_path": f"{(u + c) % len(SIZES)}.png" if image else None})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def naive(loaded, image_root):
+    """Reference scores: each candidate's whole prompt alone, by (kind, with_image)."""
+    return {(kind, img): scoring.score_examples(loaded[kind], examples(loaded[kind], img), image_root=image_root,
+                                                method="naive", batch_size=1, progress=False)
+            for kind, img in [("vlm", False), ("vlm", True), ("lm", False)]}
+
+
+@pytest.mark.parametrize("kind, with_image", [("vlm", False), ("vlm", True), ("lm", False)])
+def test_shared_prefix_equals_naive_per_candidate(loaded, image_root, naive, kind, with_image):
+    model = loaded[kind]
+    ex = examples(model, with_image)
+    assert ex["image_path"].notna().any() == with_image
+    shared = scoring.score_examples(model, ex, image_root=image_root, progress=False)
+    np.testing.assert_allclose(shared, naive[kind, with_image], atol=1e-4, rtol=0)
+    assert np.ptp(shared) > 1e-4  # candidates really differ: equality is not trivial
+
+
+def test_batch_size_and_padding_side_do_not_change_scores(loaded, image_root, naive):
+    model = loaded["vlm"]
+    ex = examples(model, with_image=True)
+    reference = naive["vlm", True]
+    runs = [dict(method="shared", batch_size=1), dict(method="shared", batch_size=3),
+            dict(method="naive", batch_size=4, padding_side="left"),
+            dict(method="naive", batch_size=4, padding_side="right")]
+    for kw in runs:
+        got = scoring.score_examples(model, ex, image_root=image_root, progress=False, **kw)
+        np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0, err_msg=str(kw))
+
+
+def test_p_yes_is_the_softmax_of_the_two_answer_logits(loaded, image_root):
+    model = loaded["vlm"]
+    ex = examples(model, with_image=True, users=1)
+    got = scoring.score_examples(model, ex, image_root=image_root, progress=False)
+    yes, no = scoring.answer_ids(model)
+    for i in (0, 1):  # with and without an image
+        enc = scoring.encode(model, ex["prompt"][i], image_root / ex["image_path"][i] if i == 0 else None)
+        with torch.inference_mode():
+            logits = model.model(input_ids=torch.tensor([enc.ids]), **enc.vision).logits[0, -1]
+        expected = torch.softmax(logits[[yes, no]], dim=-1)[0].item()
+        assert got[i] == pytest.approx(expected, abs=1e-5)
+    assert ((got > 0) & (got < 1)).all()
+
+
+def test_answer_ids_come_from_the_recommender_in_context(loaded, image_root, monkeypatch):
+    model = loaded["lm"]
+    yes, no = scoring.answer_ids(model)
+    assert model.tokenizer.decode([yes]).strip() == "Yes" and model.tokenizer.decode([no]).strip() == "No"
+    ex = examples(model, with_image=False, users=1)
+    before = scoring.score_examples(model, ex, progress=False)
+    swapped = {"Yes": no, "No": yes}
+    monkeypatch.setattr(recommender, "answer_token_ids", lambda processor, tokenizer, messages=None: swapped)
+    after = scoring.score_examples(model, ex, progress=False)
+    np.testing.assert_allclose(after, 1 - before, atol=1e-6)
+
+
+def test_shared_prefix_length():
+    enc = lambda *seqs: [Encoded(list(s)) for s in seqs]  # noqa: E731
+    assert shared_prefix_length(enc([1, 2, 3, 4], [1, 2, 3, 5])) == 3
+    assert shared_prefix_length(enc([1, 2, 3], [1, 2, 3])) == 2  # each keeps its answer position
+    assert shared_prefix_length(enc([1, 2, 3], [1, 2, 3, 4, 5])) == 2
+    assert shared_prefix_length(enc([7, 2], [1, 2])) == 0
+    assert shared_prefix_length(enc([1, 9, 9, 4], [1, 9, 9, 5]), stop_ids={9}) == 1  # never into an image
+    assert shared_prefix_length(enc([1, 2, 3])) == 2
+
+
+def test_image_tokens_are_never_in_the_shared_prefix(loaded, image_root):
+    model = loaded["vlm"]
+    ex = examples(model, with_image=True, users=1)
+    # the same image everywhere: identical expanded image tokens in every image prompt
+    encoded = [scoring.encode(model, p, image_root / "0.png" if has_image else None)
+               for p, has_image in zip(ex["prompt"], ex["image_path"].notna())]
+    n = shared_prefix_length(encoded, {model.model.config.image_token_id})
+    assert model.model.config.image_token_id not in encoded[0].ids[:n]
+    assert n > len(model.tokenizer(PREFERENCE)["input_ids"]) // 2  # the user part is shared
+
+
+def test_unreadable_image_and_bad_method_fail_clearly(loaded, tmp_path):
+    model = loaded["vlm"]
+    ex = examples(model, with_image=True, users=1)
+    (tmp_path / "0.png").write_bytes(b"not a png")
+    with pytest.raises(FileNotFoundError, match="unreadable"):
+        scoring.score_examples(model, ex, image_root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        scoring.score_examples(model, ex, method="generate", progress=False)

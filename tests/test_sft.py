@@ -1,0 +1,205 @@
+"""Stage 04: prompt-masked labels, LoRA placement, training, resume, adapter reload (tiny model)."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from transformers import TrainerCallback
+
+from msr_utils import models, prompts, recommender, sft, tiny
+from msr_utils.config import load_params
+from msr_utils.data import prepare
+from msr_utils.data.schema import ITEM
+from tests.conftest import ROOT, SAMPLE, set_params
+
+DATASET = "microlens50k"
+PREFERENCE = "The user appears to have a preference for short funny videos about games."
+SUMMARY = "a bright cover with large white text"
+SMALL = {"limit": 12, "batch_size": 4, "epochs": 1, "lr": 3.0e-3, "logging_steps": 1, "save_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Scratch project: tiny models, a prepared 20-user sample, fixed item summaries and user
+    preferences (stand-ins for stages 02 and 03)."""
+    root = tmp_path_factory.mktemp("proj")
+    (root / "data").mkdir()
+    (root / "data" / "sample").symlink_to(SAMPLE)
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    set_params(root, data={"limit_users": 20}, sft=SMALL)
+    tiny.build(root / "data" / "models", seed=1)
+    params = load_params(root / "params.yaml")
+    result = prepare.run(params, DATASET)
+    p = sft.paths(params, DATASET)
+    p["preferences"].parent.mkdir(parents=True)
+    pd.concat([part[["user_id", "target_pos"]].assign(split=name, preference=PREFERENCE)
+               for name, part in result.splits.items()]).to_parquet(p["preferences"])
+    result.items[[ITEM]].assign(summary=SUMMARY).to_parquet(p["item_summaries"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    """One uninterrupted run (the reference for the tests below)."""
+    return sft.run(load_params(project / "params.yaml"), DATASET, progress=False)
+
+
+def loaded_and_params(project, **overrides):
+    params = load_params(project / "params.yaml", overrides)
+    return models.load_profile(params, "vlm"), params
+
+
+def test_labels_keep_only_the_answer_and_the_end_token(project):
+    loaded, params = loaded_and_params(project)
+    train, stats = sft.build_examples(params, DATASET, loaded, "train")
+    assert stats["examples"] == 24 and stats["positives"] == 12 and stats["with_image"] == 24
+    collator = sft.Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root)
+    batch = [train.iloc[i].to_dict() for i in range(6)]  # both answers, different lengths (padding)
+    enc = collator(batch)
+    ids = recommender.answer_token_ids(loaded.processor, loaded.tokenizer)
+    for row, labels, example in zip(enc["input_ids"], enc["labels"], batch):
+        kept = labels[labels != sft.IGNORE]
+        assert loaded.tokenizer.decode(kept) == f" {example[sft.ANSWER]}{loaded.tokenizer.eos_token}"
+        assert kept[0] == ids[example[sft.ANSWER]]  # the token stage 05 reads P(Yes) from
+        assert torch.equal(kept, row[labels != sft.IGNORE])
+    assert (enc["labels"][enc["attention_mask"] == 0] == sft.IGNORE).all()
+    assert enc["attention_mask"].sum() > 2 * (enc["labels"] != sft.IGNORE).sum()  # prompts are long
+
+
+def test_training_text_is_the_chat_template_of_the_scoring_prompt(project):
+    loaded, params = loaded_and_params(project)
+    train, _ = sft.build_examples(params, DATASET, loaded, "train")
+    items = pd.read_parquet(sft.paths(params, DATASET)["items"]).set_index(ITEM)
+    for _, ex in train.head(4).iterrows():
+        messages = prompts.recommendation_messages(
+            PREFERENCE, items.at[ex[ITEM], "title"], kind="video", summary=SUMMARY,
+            image_token=loaded.processor.image_token)
+        assert ex[recommender.PROMPT] == recommender.chat_text(loaded.processor, messages)
+        assert ex[sft.TEXT] == recommender.chat_text(loaded.processor, messages, ex[sft.ANSWER])
+
+
+def test_missing_image_gives_a_counted_text_only_example(project):
+    loaded, params = loaded_and_params(project, **{"sft.limit": 2})
+    tables = sft.load_tables(params, DATASET)
+    broken = tables["train"]["candidates"].iloc[0][0]
+    tables["items"].loc[tables["items"][ITEM] == broken, "image_path"] = "no/such/file.png"
+    train, stats = sft.build_examples(params, DATASET, loaded, "train", tables)
+    assert stats["unreadable_images"] == 1 and stats["text_only"] == 1 and stats["with_image"] == 3
+    text_only = train[train[ITEM] == broken].iloc[0]
+    assert loaded.processor.image_token not in text_only[sft.TEXT]
+    enc = sft.Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root)(
+        [train.iloc[i].to_dict() for i in range(4)])
+    assert enc["pixel_values"].shape[0] == 3
+
+
+def test_lora_wraps_every_language_model_linear_and_nothing_else(project):
+    loaded, params = loaded_and_params(project)
+    linear = {n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    model = sft.with_lora(loaded, params)
+    wrapped = {n.removeprefix("base_model.model.") for n, m in model.named_modules()
+               if isinstance(m, LoraLayer)}
+    assert any("vision_tower" in n and n.endswith("q_proj") for n in linear)  # the trap is there
+    assert wrapped == {n for n in linear if ".language_model." in n}
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+
+
+def test_training_loss_falls_and_outputs_are_written(project, trained):
+    m, curve = trained.metrics, trained.curve
+    assert m["steps"] == 6 and m["train_examples"] == 24 and m["valid_examples"] > 0
+    assert m["train_loss_last"] < m["train_loss_first"] - 0.3  # seed 2024, lr 3e-3, 6 steps
+    assert 0 < m["trainable_params"] < m["total_params"] and m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
+    p = sft.paths(load_params(project / "params.yaml"), DATASET)
+    saved = json.loads(p["metrics"].read_text())
+    assert saved["steps"] == 6 and saved["eval_loss"] == pytest.approx(curve["eval_loss"].iloc[-1])
+    on_disk = pd.read_csv(p["curve"])
+    assert list(on_disk.columns) == sft.CURVE_COLUMNS and on_disk["eval_loss"].notna().sum() >= 2
+    assert p["plot"].stat().st_size > 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
+        f.name for f in p["adapter"].iterdir()}
+    assert trained.example["trained"].sum() == 2 and "⟦ " in trained.example_text
+
+
+def test_saved_adapter_reloads_with_the_same_logits(project, trained):
+    loaded, params = loaded_and_params(project)
+    train, _ = sft.build_examples(params, DATASET, loaded, "train")
+    batch = sft.Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root)(
+        [train.iloc[i].to_dict() for i in range(3)])
+    batch.pop("labels")
+    reloaded = PeftModel.from_pretrained(loaded.model, sft.paths(params, DATASET)["adapter"]).eval()
+    trained.model.eval()
+    with torch.no_grad():
+        want = trained.model(**batch).logits
+        got = reloaded(**batch).logits
+        base = reloaded.get_base_model()
+        with reloaded.disable_adapter():
+            untrained = base(**batch).logits
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(untrained, want, atol=1e-4)  # the adapter does change the output
+
+
+class StopAfterSave(TrainerCallback):
+    """Simulates a killed job: raises once the checkpoint of `step` is on disk."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(project, trained):
+    params = load_params(project / "params.yaml")
+    shutil.rmtree(sft.paths(params, DATASET)["checkpoints"])
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(params, DATASET, callbacks=[StopAfterSave(4)], progress=False)
+    resumed = sft.run(params, DATASET, progress=False)
+    assert resumed.metrics["resumed_from_step"] == 4
+    assert resumed.metrics["steps"] == trained.metrics["steps"] == 6
+    assert resumed.curve["step"].tolist() == trained.curve["step"].tolist()  # log history survives
+    assert resumed.curve["train_loss"].iloc[0] == pytest.approx(trained.curve["train_loss"].iloc[0])
+
+
+def test_changed_params_start_over(project, trained):
+    params = load_params(project / "params.yaml", {"sft.epochs": 0.3})
+    result = sft.run(params, DATASET, progress=False)
+    assert result.metrics["resumed_from_step"] == 0 and result.metrics["steps"] == 2
+
+
+def test_4bit_without_cuda_is_a_clear_error(project):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    params = load_params(project / "params.yaml", {"models.tiny.quantization": "4bit"})
+    with pytest.raises(ValueError, match="4bit.*needs CUDA"):
+        sft.run(params, DATASET, progress=False)
+
+
+def test_missing_preferences_name_the_file_and_stage(project, tmp_path):
+    params = load_params(project / "params.yaml")
+    p = sft.paths(params, DATASET)
+    moved = tmp_path / "prefs.parquet"
+    shutil.move(p["preferences"], moved)
+    try:
+        with pytest.raises(FileNotFoundError, match="user_preferences.parquet.*stage 03"):
+            sft.load_tables(params, DATASET)
+    finally:
+        shutil.move(moved, p["preferences"])
+
+
+def test_cli_passes_overrides(monkeypatch, project, capsys):
+    seen = {}
+
+    def fake_run(params, dataset):
+        seen.update(lr=params.sft.lr, dataset=dataset)
+        trainer = SimpleNamespace(is_world_process_zero=lambda: True)
+        return SimpleNamespace(metrics={"steps": 1}, trainer=trainer)
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sft, "run", fake_run)
+    sft.main(["--dataset", DATASET, "--set", "sft.lr=0.5"])
+    assert seen == {"lr": 0.5, "dataset": DATASET} and json.loads(capsys.readouterr().out) == {"steps": 1}
