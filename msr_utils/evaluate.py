@@ -245,4 +245,9 @@ def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
             f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
             f"{note} Paper: AUC as reported in Ye et al. (AAAI-25).\n\n"
-            + table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="–") + "\n")
+            + markdown_rows(table) + "\n")
+
+
+def markdown_rows(table: pd.DataFrame) -> str:
+    """A markdown table; missing values shown as '–', integers kept integers."""
+    return table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="–")

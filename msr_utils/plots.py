@@ -20,3 +20,16 @@ def image_grid(paths: list[Path | None], captions: list[str], cols: int = 4, wra
         ax.set_title("\n".join(textwrap.wrap(caption, wrap)[:6]), fontsize=8, loc="left")
     fig.tight_layout()
     return fig
+
+
+def metric_bars(table, metric: str = "auc", label: str = "variant"):
+    """One horizontal bar per row of a comparison table (rows without the metric are left out)."""
+    import seaborn as sns
+
+    shown = table.dropna(subset=[metric])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1))
+    sns.barplot(shown, x=metric, y=label, hue="source", dodge=False, ax=ax)
+    ax.set(xlabel=f"{metric} (x 100)", ylabel="")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
