@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # whole pipeline: minutes, not a unit test
 BIN = Path(sys.executable).parent
 
 
