@@ -1,12 +1,16 @@
-"""Stage 06 report: our model, its zero-shot base, every baseline and the paper's reported numbers
-in one table per dataset (metrics x 100)."""
+"""Stage 06 report: our model, its zero-shot base, every baseline, every ablation variant and the
+paper's reported numbers in one table per dataset (metrics x 100); the block-size sweep."""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
 from msr_utils.config import Params
 from msr_utils.evaluate import markdown_rows, paths as eval_paths
+
+ABLATION_SOURCE = "ablation (params)"
 
 
 def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.DataFrame:
@@ -17,10 +21,50 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     base = base.rename(columns={"name": "variant"}).assign(
         dataset=dataset, source="baseline (same splits and candidates)", profile=params.base.profile,
         seed=params.base.seed)
-    out = pd.concat([ours, base[[c for c in ours.columns if c in base.columns]]], ignore_index=True)
+    ablation = ablation_rows(params, dataset, list(ours.columns))
+    parts = [ours, base[[c for c in ours.columns if c in base.columns]]] + ([ablation] if len(ablation) else [])
+    out = pd.concat(parts, ignore_index=True)
     out = out.astype({"seed": "Int64", "n_groups": "Int64"})
     path = params.root / "results" / dataset / "comparison.csv"
     out.to_csv(path, index=False)
     path.with_suffix(".md").write_text(f"# {dataset}: comparison (metrics x 100)\n\n"
                                        + markdown_rows(out) + "\n")
     return out
+
+
+def ablation_results(params: Params, dataset: str) -> dict[str, dict]:
+    """{variant: results/<dataset>/ablations/<variant>.json} for the variants of params that have one."""
+    folder = params.root / "results" / dataset / "ablations"
+    return {name: json.loads((folder / f"{name}.json").read_text())
+            for name in params.ablations.variants if (folder / f"{name}.json").is_file()}
+
+
+def ablation_rows(params: Params, dataset: str, columns: list[str]) -> pd.DataFrame:
+    """One row per ablation variant with a result (metrics x 100), in `columns`."""
+    rows = []
+    for name, r in ablation_results(params, dataset).items():
+        m = r["metrics"]
+        rows.append({"dataset": dataset, "variant": name, "source": ABLATION_SOURCE, "profile": r["profile"],
+                     "model": m.get("model"), "seed": r["seed"], "n_groups": m.get("n_groups"),
+                     **{k: round(100 * v, 2) for k, v in m.items() if k in columns and k not in ("n_groups",)
+                        and isinstance(v, (int, float))}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def block_label(size: int) -> str:
+    return "all" if size == 0 else str(size)
+
+
+def block_sweep(params: Params, dataset: str, table: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """The block-size sweep: one row per block size (block_size "1" .. "all", order, variant, metric)
+    from the ablation variants that change only user_summary.block_size. The main fine-tuned row is
+    left out: it trains on all rows, the variants on `ablations.limit`, so only they compare."""
+    points = []
+    for name, r in ablation_results(params, dataset).items():
+        if set(r["overrides"]) == {"user_summary.block_size"}:
+            row = table[(table["variant"] == name) & (table["source"] == ABLATION_SOURCE)]
+            points.append((r["overrides"]["user_summary.block_size"], name, row[metric].iloc[0]))
+    out = pd.DataFrame(points, columns=["size", "variant", metric]).drop_duplicates("size")
+    out = out.assign(order=out["size"].replace(0, 10**9)).sort_values("order", kind="stable")
+    return pd.DataFrame({"block_size": out["size"].map(block_label), "order": range(len(out)),
+                         "variant": out["variant"], metric: out[metric]}).reset_index(drop=True)

@@ -6,11 +6,12 @@ parameters; `None` means "keep params.yaml") and fails with a message naming the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("microlens50k", "amazon_baby", "amazon_games")
 
@@ -85,8 +86,8 @@ class ItemSummary(_Section):
 
 class UserSummary(_Section):
     model: Literal["lm", "vlm"] = "lm"
-    mode: Literal["recurrent", "direct"] = "recurrent"
-    block_size: int = Field(3, ge=1)
+    mode: Literal["recurrent", "direct", "titles"] = "recurrent"  # titles: numbered history titles, no LLM
+    block_size: int = Field(3, ge=0)  # 0 = one block holding the whole history
     block_strategy: Literal["fixed", "session"] = "fixed"
     session_gap: int = Field(3600, ge=1)  # seconds
     max_block_size: int = Field(10, ge=1)
@@ -120,6 +121,13 @@ class Eval(_Section):
     ks: list[int] = [1, 3, 5, 10]
     batch_size: int = Field(21, ge=1)
     adapter: bool = True  # also score with the fine-tuned adapter (else zero-shot only)
+    zero_shot: bool = True  # also score the base model (the ablations score their adapter only)
+
+    @model_validator(mode="after")
+    def _something_to_score(self):
+        if not (self.adapter or self.zero_shot):
+            raise ValueError("eval.adapter and eval.zero_shot are both false: nothing to score")
+        return self
 
 
 BASELINES = ("pop", "gru4rec", "sasrec", "gru4rec_image", "gru4rec_summary", "gru4rec_title")
@@ -153,6 +161,51 @@ class Baselines(_Section):
         return v
 
 
+# Sections an ablation may override: what stages 03-05 read. Data, models and item-summary generation
+# are shared with the main pipeline (a variant reuses its processed data and item summaries).
+ABLATION_KEYS = ("user_summary.", "sft.", "eval.", "item_summary.enabled", "item_summary.placeholder_images")
+
+
+class AblationLimit(_Section):
+    """Caps that keep one variant fast (0 = no cap): the first N rows of each split (stages 03-05
+    all see the same rows), and user_summary.max_new_tokens unless the variant sets it."""
+    train_rows: int = Field(0, ge=0)
+    valid_rows: int = Field(0, ge=0)
+    test_rows: int = Field(0, ge=0)
+    max_new_tokens: int = Field(0, ge=0)  # -> user_summary.max_new_tokens
+
+
+class Ablations(_Section):
+    variants: dict[str, dict[str, Any]] = {}  # name -> {dotted key: value}
+    limit: AblationLimit = AblationLimit()
+
+    @field_validator("variants")
+    @classmethod
+    def _names_and_keys(cls, v):
+        for name, overrides in v.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+                raise ValueError(f"variant name {name!r}: use lower-case letters, digits and _ (it is a folder name)")
+            if not isinstance(overrides, dict) or not overrides:
+                raise ValueError(f"variant {name!r}: must be a non-empty mapping of dotted keys to values")
+            for key in overrides:
+                if not (isinstance(key, str) and key.startswith(ABLATION_KEYS)):
+                    raise ValueError(f"variant {name!r}: key {key!r} cannot be overridden by an ablation "
+                                     f"(allowed: {', '.join(k + '*' if k.endswith('.') else k for k in ABLATION_KEYS)})")
+                if not _is_param(key):
+                    raise ValueError(f"variant {name!r}: unknown key {key!r} (typo?)")
+        return v
+
+
+def _is_param(key: str) -> bool:
+    """Whether a dotted key names a leaf of Params (e.g. 'user_summary.block_size')."""
+    node: Any = Params
+    for part in key.split("."):
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
+            return False
+        node = node.model_fields[part].annotation
+    return not (isinstance(node, type) and issubclass(node, BaseModel))
+
+
 class Params(_Section):
     base: Base = Base()
     data: Data = Data()
@@ -162,6 +215,7 @@ class Params(_Section):
     sft: Sft = Sft()
     eval: Eval = Eval()
     baselines: Baselines = Baselines()
+    ablations: Ablations = Ablations()
     root: Path = Path(".")
 
     def path(self, rel: str | Path) -> Path:

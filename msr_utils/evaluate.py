@@ -1,9 +1,9 @@
 """Stage 05: score every test candidate with P("Yes") and report the paper's metrics.
 
-Variants: `zero_shot` (the profile's base VLM) and, with eval.adapter, `fine_tuned` (the stage-04
-LoRA adapter in data/adapters/<dataset>/ on the same base). Unlike the official script (first 100
-users, generate() per candidate, pooled AUC over reshape(-1, 21)), every test row is scored and
-candidates are grouped explicitly by their row (metrics.evaluate).
+Variants: `zero_shot` (the profile's base VLM; eval.zero_shot) and, with eval.adapter, `fine_tuned`
+(the stage-04 LoRA adapter in data/adapters/<dataset>/ on the same base). Unlike the official script
+(first 100 users, generate() per candidate, pooled AUC over reshape(-1, 21)), every test row is
+scored and candidates are grouped explicitly by their row (metrics.evaluate).
 
 Writes under results/<dataset>/: metrics.json (DVC metrics), scores.parquet (one row per
 candidate and variant), results.md / results.csv (ours beside the paper's reported AUC),
@@ -148,7 +148,8 @@ def metric_keys(params: Params) -> list[str]:
 
 
 def variants(params: Params) -> list[str]:
-    return [ZERO_SHOT, FINE_TUNED] if params.eval.adapter else [ZERO_SHOT]
+    """zero_shot (eval.zero_shot) and fine_tuned (eval.adapter), in that order."""
+    return [v for v, on in ((ZERO_SHOT, params.eval.zero_shot), (FINE_TUNED, params.eval.adapter)) if on]
 
 
 def plot_scores(scores: pd.DataFrame):

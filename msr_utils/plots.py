@@ -33,3 +33,15 @@ def metric_bars(table, metric: str = "auc", label: str = "variant"):
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def metric_by_block_size(sweep, metric: str = "auc"):
+    """A metric against the user-summary block size (one point per size; "all" = one block)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.lineplot(sweep, x="order", y=metric, marker="o", ax=ax)
+    ax.set_xticks(list(sweep["order"]), list(sweep["block_size"]))
+    ax.set(xlabel="block size (items per user-summary block)", ylabel=f"{metric} (x 100)")
+    fig.tight_layout()
+    return fig

@@ -105,10 +105,12 @@ USER_DIRECT_TAIL = ("Based on the {noun}s listed above, please summarize the use
                     "about the user's preferences; do not repeat details about the previous {noun}s. Do not "
                     "repeat the question in your answer, and keep it clear and concise. The answer should "
                     "start with 'The user appears to have a preference for'.")
+# `mode: titles` (TALLRec-style text-only baseline): no LLM, the history's titles are the preference.
+USER_TITLES = "The user previously interacted with these {noun}s, oldest first:\n{items}"
 # A row whose target is the user's first interaction: no history, no LLM call, this fixed text.
 USER_EMPTY_HISTORY = "The user has no previous interactions, so no preference is known yet."
 USER_TEMPLATES = (USER_ITEM_LINE, USER_ITEM_LINE_TITLE_ONLY, USER_BLOCK_HEAD, USER_BLOCK_FIRST,
-                  USER_BLOCK_NEXT, USER_BLOCK_TAIL, USER_DIRECT_TAIL, USER_EMPTY_HISTORY)
+                  USER_BLOCK_NEXT, USER_BLOCK_TAIL, USER_DIRECT_TAIL, USER_EMPTY_HISTORY, USER_TITLES)
 
 
 def user_items_text(items: Sequence[tuple[str, str | None]], kind: str) -> str:
@@ -122,6 +124,11 @@ def user_items_text(items: Sequence[tuple[str, str | None]], kind: str) -> str:
             lines.append(USER_ITEM_LINE.format(i=i, title=title.strip(), Noun=kind.capitalize(),
                                                image_noun=IMAGE_NOUN[kind], summary=summary.strip().rstrip(".")))
     return "\n".join(lines)
+
+
+def user_titles_text(titles: Sequence[str], kind: str) -> str:
+    """`mode: titles`: the history's titles, numbered 1..n, oldest first (the preference text itself)."""
+    return USER_TITLES.format(noun=kind, items=user_items_text([(t, None) for t in titles], kind))
 
 
 def user_block_prompt(items_text: str, previous: str | None, kind: str) -> str:

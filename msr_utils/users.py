@@ -12,7 +12,10 @@ summary, protocol or block size is a different state). Because blocks are aligne
 longer prefix of a user shares every full block of a shorter one: each distinct state is generated
 once, and step k runs the k-th states of all users as one batched series (`summarize.generate_cached`,
 one cache shard per batch, so a killed run resumes). `mode: direct` (ablation) sends the whole prefix
-in one prompt, one state per distinct prefix. An empty prefix gets prompts.USER_EMPTY_HISTORY.
+in one prompt, one state per distinct prefix. `mode: titles` (the TALLRec-style text-only baseline)
+uses no LLM: the preference is the prefix's titles, numbered, oldest first (prompts.user_titles_text).
+`block_size: 0` is one block holding the whole prefix (the "all" point of the block-size sweep).
+An empty prefix gets prompts.USER_EMPTY_HISTORY.
 """
 
 from __future__ import annotations
@@ -56,9 +59,12 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
 # --- blocks ----------------------------------------------------------------------------------------
 
 def block_ends(n: int, block_size: int) -> list[int]:
-    """Exclusive ends of the fixed blocks of an n-item prefix: [b, 2b, ..., n] (last may be short)."""
-    if block_size < 1:
-        raise ValueError(f"user_summary.block_size={block_size}: must be >= 1")
+    """Exclusive ends of the fixed blocks of an n-item prefix: [b, 2b, ..., n] (last may be short);
+    block_size 0 = one block holding the whole prefix: [n]."""
+    if block_size < 0:
+        raise ValueError(f"user_summary.block_size={block_size}: must be >= 1, or 0 for the whole history")
+    if block_size == 0:
+        return [n] if n else []
     return [*range(block_size, n, block_size), n] if n else []
 
 
@@ -75,7 +81,7 @@ def session_ends(times: list[int], gap: int, max_block: int) -> list[int]:
 
 def prefix_ends(times: list[int], cfg: UserSummary) -> list[int]:
     """Block ends of one prefix (its item timestamps) under cfg's mode and strategy."""
-    if cfg.mode == "direct":
+    if cfg.mode in ("direct", "titles"):
         return [len(times)] if times else []
     if cfg.block_strategy == "session":
         return session_ends(times, cfg.session_gap, cfg.max_block_size)
@@ -83,9 +89,9 @@ def prefix_ends(times: list[int], cfg: UserSummary) -> list[int]:
 
 
 def blocking_label(cfg: UserSummary) -> str:
-    """The blocking part of a cache key: b3 | s3600x10 | direct."""
-    if cfg.mode == "direct":
-        return "direct"
+    """The blocking part of a cache key: b3 | b0 (whole history) | s3600x10 | direct | titles."""
+    if cfg.mode in ("direct", "titles"):
+        return cfg.mode
     return f"b{cfg.block_size}" if cfg.block_strategy == "fixed" else f"s{cfg.session_gap}x{cfg.max_block_size}"
 
 
@@ -225,6 +231,32 @@ def summarize_users(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]]
     return prefs.reset_index(drop=True), blocks.sort_values([USER, UPTO, BLOCK_INDEX]).reset_index(drop=True), stats
 
 
+def title_preferences(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]], kind: str,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """`mode: titles` (no LLM): each row's preference is its prefix's titles, numbered, oldest first.
+    Same outputs as summarize_users; one state per distinct prefix (block 0 ending at the target)."""
+    start = time.perf_counter()
+    phash = prompts.prompt_hash([prompts.USER_TITLES, prompts.USER_ITEM_LINE_TITLE_ONLY, kind, "titles"])
+    missing = {i for prefix in rows[PREFIX] for i in prefix if i not in texts}
+    if missing:
+        raise DataError(f"item(s) {sorted(missing)[:3]} of the histories are not in items.parquet")
+    prefs = rows[[SPLIT, USER, TARGET_POS]].copy()
+    prefs[PREFERENCE] = [prompts.user_titles_text([texts[i][0] for i in prefix], kind) if len(prefix)
+                         else prompts.USER_EMPTY_HISTORY for prefix in rows[PREFIX]]
+    nonempty = (rows[PREFIX].map(len) > 0).to_numpy()
+    blocks = (prefs[nonempty].assign(**{UPTO: prefs[TARGET_POS].astype("int64"), BLOCK_INDEX: 0,
+                                        SUMMARY: prefs[PREFERENCE], MODEL: "titles (no LLM)", PROMPT_HASH: phash})
+              .drop_duplicates([USER, UPTO])[USER_SUMMARY_COLUMNS].astype({BLOCK_INDEX: "int64"}))
+    stats = {
+        "llm_calls": 0, "cached": 0, "block_states": len(blocks), "naive_calls": 0, "ratio": 0.0, "steps": 0,
+        "users": int(rows[USER].nunique()), "rows": len(rows),
+        "empty_histories": int((~nonempty).sum()), "empty_generations": 0,
+        "mode": "titles", "block_strategy": None, "block_size": None, "model": None, "prompt_hash": phash,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return prefs.reset_index(drop=True), blocks.sort_values([USER, UPTO]).reset_index(drop=True), stats
+
+
 # --- stage -----------------------------------------------------------------------------------------
 
 def load_rows(params: Params, dataset: str) -> pd.DataFrame:
@@ -265,9 +297,12 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]
                             "item_summary.enabled: false for titles only")
         item_summaries = pd.read_parquet(p["item_summaries"])
     texts = item_texts(items, item_summaries)
-    loaded = models.load_profile(params, cfg.model)
-    prefs, blocks, stats = summarize_users(rows, texts, loaded, p["cache"], cfg, kind=info["noun"],
-                                           seed=params.base.seed)
+    if cfg.mode == "titles":  # no model: the preference is the history's titles
+        prefs, blocks, stats = title_preferences(rows, texts, info["noun"])
+    else:
+        loaded = models.load_profile(params, cfg.model)
+        prefs, blocks, stats = summarize_users(rows, texts, loaded, p["cache"], cfg, kind=info["noun"],
+                                               seed=params.base.seed)
     stats["items_without_summary"] = sum(1 for t, s in texts.values() if s is None)
     stats["item_summaries"] = params.item_summary.enabled
     p["preferences"].parent.mkdir(parents=True, exist_ok=True)

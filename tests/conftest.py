@@ -1,8 +1,11 @@
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from msr_utils import cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -25,3 +28,22 @@ def set_params(project: Path, **sections) -> Path:
         tree.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def count_generate(monkeypatch, loaded, fail_after=None):
+    """Record the batch size of every generate() call; optionally raise on call fail_after + 1."""
+    calls, real = [], type(loaded.model).generate.__get__(loaded.model)  # unwrapped
+
+    def wrapper(**kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise RuntimeError("injected crash")
+        calls.append(kwargs["input_ids"].shape[0])
+        return real(**kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", wrapper)
+    return calls
+
+
+def shard_keys(cache_dir):
+    """Every key written to any shard, duplicates included."""
+    return [k for p in cache.ShardCache(cache_dir).shards() for k in pd.read_parquet(p)[cache.KEY]]

@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from msr_utils.data import microlens

@@ -16,6 +16,7 @@ from PIL import Image
 
 from msr_utils import cache, models, summarize, tiny
 from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, TITLE
+from tests.conftest import count_generate, shard_keys
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = dict(max_new_tokens=6, progress=False)
@@ -59,25 +60,6 @@ def items():
 
 
 N_ITEMS = N_GOOD + len(NO_IMAGE)
-
-
-def count_generate(monkeypatch, loaded, fail_after=None):
-    """Record the batch size of every generate() call; optionally raise on call fail_after + 1."""
-    calls, real = [], type(loaded.model).generate.__get__(loaded.model)  # unwrapped
-
-    def wrapper(**kwargs):
-        if fail_after is not None and len(calls) == fail_after:
-            raise RuntimeError("injected crash")
-        calls.append(kwargs["input_ids"].shape[0])
-        return real(**kwargs)
-
-    monkeypatch.setattr(loaded.model, "generate", wrapper)
-    return calls
-
-
-def shard_keys(cache_dir):
-    """Every key written to any shard, duplicates included."""
-    return [k for p in cache.ShardCache(cache_dir).shards() for k in pd.read_parquet(p)[cache.KEY]]
 
 
 def test_title_only_fallbacks_are_counted_and_rerun_is_cached(vlm, items, image_root, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from msr_utils import cache, models, prompts, summarize, tiny, users
 from msr_utils.config import ConfigError, UserSummary, load_params
 from msr_utils.data import split
 from msr_utils.data.schema import HISTORY, ITEM, SPLITS, TARGET, TARGET_POS, TITLE, USER, DataError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, count_generate, shard_keys
 
 CFG = UserSummary(block_size=3, batch_size=4, max_new_tokens=4)
 LENGTHS = {"u1": 8, "u2": 5, "u3": 3}  # items per user; loo rows at every position >= 1
@@ -78,23 +78,6 @@ def capture(monkeypatch):
     return sent
 
 
-def count_generate(monkeypatch, loaded, fail_after=None):
-    calls, real = [], type(loaded.model).generate.__get__(loaded.model)
-
-    def wrapper(**kwargs):
-        if fail_after is not None and len(calls) == fail_after:
-            raise RuntimeError("injected crash")
-        calls.append(kwargs["input_ids"].shape[0])
-        return real(**kwargs)
-
-    monkeypatch.setattr(loaded.model, "generate", wrapper)
-    return calls
-
-
-def shard_keys(cache_dir):
-    return [k for p in cache.ShardCache(cache_dir).shards() for k in pd.read_parquet(p)[cache.KEY]]
-
-
 # --- blocks ----------------------------------------------------------------------------------------
 
 def test_fixed_blocks_are_aligned_from_the_start():
@@ -102,8 +85,9 @@ def test_fixed_blocks_are_aligned_from_the_start():
     assert users.block_ends(6, 3) == [3, 6]
     assert users.block_ends(2, 3) == [2]  # shorter than a block: one block
     assert users.block_ends(0, 3) == []
+    assert users.block_ends(4, 0) == [4]  # 0 = one block holding the whole history
     with pytest.raises(ValueError, match="block_size"):
-        users.block_ends(4, 0)
+        users.block_ends(4, -1)
 
 
 def test_session_blocks_cut_at_gaps_and_max_size_and_prefixes_share_them():
