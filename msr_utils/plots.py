@@ -30,7 +30,7 @@ def metric_bars(table, metric: str = "auc", label: str = "variant"):
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1))
     sns.barplot(shown, x=metric, y=label, hue="source", dodge=False, ax=ax)
     ax.set(xlabel=f"{metric} (x 100)", ylabel="")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="source")
     fig.tight_layout()
     return fig
 
