@@ -25,6 +25,7 @@ import torch
 from msr_utils import metrics, models, recommender, scoring
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
+from msr_utils.paths import artifacts
 
 VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
 ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
@@ -35,16 +36,10 @@ PAPER_AUC = {"microlens50k": 83.17, "amazon_baby": 84.39, "amazon_games": 85.69}
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
-    processed = params.path(params.data.out_dir) / dataset
-    summaries = params.path("data/summaries") / dataset
-    results = params.root / "results" / dataset
+    a = artifacts(params, dataset)
+    results = a["results"]
     return {
-        "test": processed / "test.parquet",
-        "items": processed / "items.parquet",
-        "info": processed / "dataset.json",
-        "item_summaries": summaries / "item_summaries.parquet",
-        "preferences": summaries / "user_preferences.parquet",
-        "adapter": params.path("data/adapters") / dataset,
+        **a,
         "metrics": results / "metrics.json",
         "scores": results / "scores.parquet",
         "table_md": results / "results.md",

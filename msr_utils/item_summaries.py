@@ -10,17 +10,16 @@ import pandas as pd
 from msr_utils import models, summarize
 from msr_utils.config import Params
 from msr_utils.data.schema import IMAGE_PLACEHOLDER, ITEM
-
-OUT_NAME = "item_summaries.parquet"
+from msr_utils.paths import artifacts
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
+    a = artifacts(params, dataset)
     return {
-        "items": params.path(params.data.out_dir) / dataset / "items.parquet",
-        "info": params.path(params.data.out_dir) / dataset / "dataset.json",
-        "out": params.path("data/summaries") / dataset / OUT_NAME,
-        "cache": params.path("data/cache") / dataset / "item_summaries",
-        "metrics": params.root / "results" / dataset / "item_summaries.json",
+        **a,
+        "out": a["item_summaries"],
+        "cache": a["cache"] / "item_summaries",
+        "metrics": a["results"] / "item_summaries.json",
     }
 
 

@@ -49,6 +49,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from msr_utils import models, prompts, recommender, summarize
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
+from msr_utils.paths import artifacts
 
 TEXT, ANSWER, N_ANSWER, LENGTH = "text", "answer", "n_answer", "length"
 IGNORE = -100  # label of tokens the loss skips
@@ -57,21 +58,12 @@ CURVE_COLUMNS = ["step", "train_loss", "eval_loss"]
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
-    data = params.path(params.data.out_dir) / dataset
-    summaries = params.path("data/summaries") / dataset
-    results = params.root / "results" / dataset
+    a = artifacts(params, dataset)
     return {
-        "train": data / "train.parquet",
-        "valid": data / "valid.parquet",
-        "items": data / "items.parquet",
-        "info": data / "dataset.json",
-        "preferences": summaries / "user_preferences.parquet",
-        "item_summaries": summaries / "item_summaries.parquet",
-        "checkpoints": params.path("data/checkpoints") / dataset,
-        "adapter": params.path("data/adapters") / dataset,
-        "metrics": results / "sft.json",
-        "curve": results / "sft_curve.csv",
-        "plot": results / "sft_curve.png",
+        **a,
+        "metrics": a["results"] / "sft.json",
+        "curve": a["results"] / "sft_curve.csv",
+        "plot": a["results"] / "sft_curve.png",
     }
 
 

@@ -35,6 +35,7 @@ from msr_utils.config import ConfigError, Params, UserSummary
 from msr_utils.data.schema import (HISTORY, ITEM, SPLITS, TARGET_POS, TIME, TITLE, USER, DataError,
                                    check_columns)
 from msr_utils.models import LoadedModel
+from msr_utils.paths import artifacts
 
 SUMMARY = summarize.SUMMARY
 SPLIT, PREFIX, TIMES = "split", "prefix", "times"
@@ -44,15 +45,11 @@ PREFERENCE_COLUMNS = [SPLIT, USER, TARGET_POS, PREFERENCE]
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
-    processed, summaries = params.path(params.data.out_dir) / dataset, params.path("data/summaries") / dataset
+    a = artifacts(params, dataset)
     return {
-        "processed": processed,
-        "info": processed / "dataset.json",
-        "item_summaries": summaries / "item_summaries.parquet",
-        "user_summaries": summaries / "user_summaries.parquet",
-        "preferences": summaries / "user_preferences.parquet",
-        "cache": params.path("data/cache") / dataset / "user_summaries",
-        "metrics": params.root / "results" / dataset / "user_summaries.json",
+        **a,
+        "cache": a["cache"] / "user_summaries",
+        "metrics": a["results"] / "user_summaries.json",
     }
 
 

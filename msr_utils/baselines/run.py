@@ -21,17 +21,17 @@ from msr_utils.baselines.common import Vocab, evaluate_rows
 from msr_utils.baselines.train import TrainConfig, torch_threads
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, SPLITS, TITLE, DataError
+from msr_utils.paths import artifacts
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
-    data = params.path(params.data.out_dir) / dataset
+    a = artifacts(params, dataset)
     return {
-        **{s: data / f"{s}.parquet" for s in SPLITS},
-        "items": data / "items.parquet",
-        "summaries": params.path("data/summaries") / dataset / "item_summaries.parquet",
-        "cache": params.path("data/cache") / dataset / "baselines",
-        "metrics": params.root / "results" / dataset / "baselines.json",
-        "table": params.root / "results" / dataset / "baselines.csv",
+        **a,
+        "summaries": a["item_summaries"],
+        "cache": a["cache"] / "baselines",
+        "metrics": a["results"] / "baselines.json",
+        "table": a["results"] / "baselines.csv",
     }
 
 
