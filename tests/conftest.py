@@ -11,13 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 
 
+def new_project(root: Path) -> Path:
+    """A scratch project root: params.yaml (defaults) + a link to the shipped sample."""
+    (root / "data").mkdir()
+    (root / "data" / "sample").symlink_to(SAMPLE)
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    return root
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """A scratch project root: params.yaml (defaults) + a link to the shipped sample."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "sample").symlink_to(SAMPLE)
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    return tmp_path
+    return new_project(tmp_path)
+
+
+def prepared_project(root: Path, model_seed: int, **sections):
+    """A scratch project with the tiny models and stage 01 run on the first 20 users of the sample;
+    `sections` update params.yaml first. Returns stage 01's result."""
+    from msr_utils import tiny
+    from msr_utils.config import load_params
+    from msr_utils.data import prepare
+
+    new_project(root)
+    set_params(root, data={"limit_users": 20}, **sections)
+    tiny.build(root / "data" / "models", seed=model_seed)
+    return prepare.run(load_params(root / "params.yaml"), "microlens50k")
 
 
 def set_params(project: Path, **sections) -> Path:

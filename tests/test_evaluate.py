@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 from peft import LoraConfig, get_peft_model
 
-from msr_utils import evaluate, models, tiny
+from msr_utils import evaluate, models
 from msr_utils.config import load_params
-from msr_utils.data import prepare
-from tests.conftest import ROOT, SAMPLE, set_params
+from tests.conftest import prepared_project, set_params
 
 DATASET = "microlens50k"
 
@@ -20,12 +19,7 @@ DATASET = "microlens50k"
 def prepared(tmp_path_factory):
     """Prepared 20-user sample and tiny models, built once for the module."""
     root = tmp_path_factory.mktemp("prepared")
-    (root / "data").mkdir()
-    (root / "data" / "sample").symlink_to(SAMPLE)
-    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(root, data={"limit_users": 20})
-    tiny.build(root / "data" / "models", seed=0)
-    prepare.run(load_params(root / "params.yaml"), DATASET)
+    prepared_project(root, model_seed=0)
     return root
 
 

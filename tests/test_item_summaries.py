@@ -7,22 +7,15 @@ import pytest
 
 from msr_utils import item_summaries, tiny
 from msr_utils.config import load_params
-from msr_utils.data import prepare
 from msr_utils.models import ModelLoadError
-from tests.conftest import set_params
+from tests.conftest import prepared_project
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A scratch project with a prepared 20-user sample and the tiny models."""
-    from tests.conftest import ROOT, SAMPLE
     root = tmp_path_factory.mktemp("proj")
-    (root / "data").mkdir()
-    (root / "data" / "sample").symlink_to(SAMPLE)
-    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(root, data={"limit_users": 20}, item_summary={"limit": 12, "batch_size": 4, "max_new_tokens": 6})
-    tiny.build(root / "data" / "models", seed=1)
-    prepare.run(load_params(root / "params.yaml"), "microlens50k")
+    prepared_project(root, model_seed=1, item_summary={"limit": 12, "batch_size": 4, "max_new_tokens": 6})
     return root
 
 

@@ -11,11 +11,10 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import TrainerCallback
 
-from msr_utils import models, prompts, recommender, sft, tiny
+from msr_utils import models, prompts, recommender, sft
 from msr_utils.config import load_params
-from msr_utils.data import prepare
 from msr_utils.data.schema import ITEM
-from tests.conftest import ROOT, SAMPLE, set_params
+from tests.conftest import prepared_project
 
 DATASET = "microlens50k"
 PREFERENCE = "The user appears to have a preference for short funny videos about games."
@@ -28,13 +27,8 @@ def project(tmp_path_factory):
     """Scratch project: tiny models, a prepared 20-user sample, fixed item summaries and user
     preferences (stand-ins for stages 02 and 03)."""
     root = tmp_path_factory.mktemp("proj")
-    (root / "data").mkdir()
-    (root / "data" / "sample").symlink_to(SAMPLE)
-    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(root, data={"limit_users": 20}, sft=SMALL)
-    tiny.build(root / "data" / "models", seed=1)
+    result = prepared_project(root, model_seed=1, sft=SMALL)
     params = load_params(root / "params.yaml")
-    result = prepare.run(params, DATASET)
     p = sft.paths(params, DATASET)
     p["preferences"].parent.mkdir(parents=True)
     pd.concat([part[["user_id", "target_pos"]].assign(split=name, preference=PREFERENCE)
