@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from msr_utils import config, evaluate, sft, users
+from msr_utils import config, evaluate, reported, sft, users
 from msr_utils.config import DATASETS, ConfigError, Params, load_params
 
 SCRATCH = "data/ablations"
@@ -68,7 +68,7 @@ def variant_params(params: Params, variant: str, root: Path) -> Params:
 
 def shared_paths(params: Params, dataset: str) -> list[str]:
     """What a variant reads from the main project (relative paths, linked into its root)."""
-    return ["data/models", "data/cache", f"data/summaries/{dataset}/item_summaries.parquet"]
+    return ["data/models", "data/cache", f"data/summaries/{dataset}/item_summaries.parquet", str(reported.FILE)]
 
 
 def _symlink(here: Path, target: Path) -> Path:

@@ -8,14 +8,17 @@ import json
 import pandas as pd
 
 from msr_utils.config import Params
+from msr_utils import reported
 from msr_utils.evaluate import markdown_rows, paths as eval_paths
 
 ABLATION_SOURCE = "ablation (params)"
 
 
 def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.DataFrame:
-    """Rows: stage 05 variants (+ the paper's row), then the baselines; writes comparison csv/md."""
-    ours = pd.read_csv(eval_paths(params, dataset)["table_csv"])
+    """Rows: stage 05 variants, the baselines, the ablations; the paper's numbers beside the same
+    variant (reported.py); writes comparison csv/md."""
+    p = eval_paths(params, dataset)
+    ours = pd.read_csv(p["table_csv"])
     metrics = [c for c in baseline_table.columns if c not in ("name", "n_groups", "n_rows", "seconds")]
     base = baseline_table.assign(**{m: (baseline_table[m] * 100).round(2) for m in metrics})
     base = base.rename(columns={"name": "variant"}).assign(
@@ -23,13 +26,19 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
         seed=params.base.seed)
     ablation = ablation_rows(params, dataset, list(ours.columns))
     parts = [ours, base[[c for c in ours.columns if c in base.columns]]] + ([ablation] if len(ablation) else [])
-    out = pd.concat(parts, ignore_index=True)
+    out = reported.side_by_side(pd.concat(parts, ignore_index=True), dataset, p["reported"])
     out = out.astype({"seed": "Int64", "n_groups": "Int64"})
     path = params.root / "results" / dataset / "comparison.csv"
     out.to_csv(path, index=False)
-    path.with_suffix(".md").write_text(f"# {dataset}: comparison (metrics x 100)\n\n"
+    path.with_suffix(".md").write_text(f"# {dataset}: comparison (metrics x 100)\n\n{reported.NOTE}\n\n"
                                        + markdown_rows(out) + "\n")
     return out
+
+
+def brief(table: pd.DataFrame, metrics: tuple[str, ...] = ("auc", "gauc", "hr@5", "ndcg@5", "hr@10")) -> pd.DataFrame:
+    """The columns a reader looks at first: variant, source, each metric and the paper's beside it."""
+    wanted = ["variant", reported.PAPER_ROW, "source"] + [c for m in metrics for c in (m, reported.PREFIX + m)]
+    return table[[c for c in wanted if c in table.columns]]
 
 
 def ablation_results(params: Params, dataset: str) -> dict[str, dict]:

@@ -6,7 +6,8 @@ Variants: `zero_shot` (the profile's base VLM; eval.zero_shot) and, with eval.ad
 scored and candidates are grouped explicitly by their row (metrics.evaluate).
 
 Writes under results/<dataset>/: metrics.json (DVC metrics), scores.parquet (one row per
-candidate and variant), results.md / results.csv (ours beside the paper's reported AUC),
+candidate and variant), results.md / results.csv (ours, with the paper's reported numbers beside
+the same variant: msr_utils/reported.py),
 hr_at_k/<variant>.csv (DVC plots: k, hr) and plots/*.png.
 """
 
@@ -22,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from msr_utils import metrics, models, recommender, scoring
+from msr_utils import metrics, models, recommender, reported, scoring
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import artifacts
@@ -31,8 +32,6 @@ VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
 ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
 SCORE_COLUMNS = [recommender.SPLIT, USER, TARGET_POS, ITEM, recommender.LABEL, SCORE, VARIANT]
 SPLIT = "test"
-# AUC (%) of MLLM-MSR as reported in the paper (Ye et al., AAAI-25).
-PAPER_AUC = {"microlens50k": 83.17, "amazon_baby": 84.39, "amazon_games": 85.69}
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -46,6 +45,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         "table_csv": results / "results.csv",
         "hr_at_k": results / "hr_at_k",
         "plots": results / "plots",
+        "reported": params.root / reported.FILE,
     }
 
 
@@ -126,16 +126,15 @@ def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
-    """Our metrics (x 100) per variant beside the paper's reported AUC."""
+    """Our metrics (x 100) per variant, the paper's reported numbers beside them (reported.py)."""
     label = ("pipeline check (tiny random model), not a result" if params.base.profile == "tiny"
              else "ours")
     rows = [{"dataset": dataset, VARIANT: v, "source": label, "profile": params.base.profile,
              "model": result[v]["model"], "seed": params.base.seed,
              **{k: round(100 * x, 2) for k, x in result[v].items() if k in metric_keys(params)},
              "n_groups": result[v]["n_groups"]} for v in variants(params)]
-    rows.append({"dataset": dataset, VARIANT: "MLLM-MSR", "source": "reported (paper)", "profile": "paper",
-                 "model": "LLaVA-v1.6, fine-tuned", "auc": PAPER_AUC.get(dataset)})
-    return pd.DataFrame(rows).astype({"seed": "Int64", "n_groups": "Int64"})
+    table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"])
+    return table.astype({"seed": "Int64", "n_groups": "Int64"})
 
 
 def metric_keys(params: Params) -> list[str]:
@@ -240,7 +239,7 @@ def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
     return (f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
             f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
-            f"{note} Paper: AUC as reported in Ye et al. (AAAI-25).\n\n"
+            f"{note} {reported.NOTE}\n\n"
             + markdown_rows(table) + "\n")
 
 

@@ -23,12 +23,16 @@ def image_grid(paths: list[Path | None], captions: list[str], cols: int = 4, wra
 
 
 def metric_bars(table, metric: str = "auc", label: str = "variant"):
-    """One horizontal bar per row of a comparison table (rows without the metric are left out)."""
+    """One horizontal bar per row of a comparison table, and a marker at the paper's number where its
+    `paper_<metric>` column has one (a row with neither is left out)."""
     import seaborn as sns
 
-    shown = table.dropna(subset=[metric])
+    paper = f"paper_{metric}"
+    shown = table.dropna(subset=[metric]) if paper not in table else table.dropna(subset=[metric, paper], how="all")
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1))
-    sns.barplot(shown, x=metric, y=label, hue="source", dodge=False, ax=ax)
+    sns.barplot(shown, x=metric, y=label, hue="source", dodge=False, order=list(shown[label]), ax=ax)
+    if paper in shown and shown[paper].notna().any():
+        ax.scatter(shown[paper], range(len(shown)), marker="D", color="black", zorder=3, label="paper (reported)")
     ax.set(xlabel=f"{metric} (x 100)", ylabel="")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="source")
     fig.tight_layout()

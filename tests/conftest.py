@@ -12,9 +12,11 @@ SAMPLE = ROOT / "data" / "sample"
 
 
 def new_project(root: Path) -> Path:
-    """A scratch project root: params.yaml (defaults) + a link to the shipped sample."""
+    """A scratch project root: params.yaml (defaults), a link to the shipped sample and the paper's
+    reported numbers."""
     (root / "data").mkdir()
     (root / "data" / "sample").symlink_to(SAMPLE)
+    shutil.copy(ROOT / "data" / "paper_reported.csv", root / "data")
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     return root
 

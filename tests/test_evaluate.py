@@ -75,11 +75,13 @@ def test_run_writes_metrics_scores_tables_and_plots(ready):
     assert (by_variant["zero_shot"] - by_variant["fine_tuned"]).abs().max() > 1e-4  # adapter applied
 
     table = pd.read_csv(p["table_csv"])
-    paper = table[table["source"] == "reported (paper)"]
-    assert paper["auc"].tolist() == [83.17]
-    ours = table[table["source"] != "reported (paper)"]
-    assert ours["source"].str.contains("pipeline check").all() and set(ours["seed"]) == {params.base.seed}
-    assert "reported (paper)" in p["table_md"].read_text() and "not results" in p["table_md"].read_text()
+    assert table["variant"].tolist() == ["zero_shot", "fine_tuned"]  # the paper's number sits beside ours
+    assert table.loc[1, ["paper_row", "paper_auc"]].tolist() == ["MLLM-MSR", 83.17]
+    assert table.loc[0, ["paper_row", "paper_auc"]].isna().all()
+    assert list(table.columns).index("paper_auc") == list(table.columns).index("auc") + 1
+    assert table["source"].str.contains("pipeline check").all() and set(table["seed"]) == {params.base.seed}
+    md = p["table_md"].read_text()
+    assert "paper_auc" in md and "data/paper_reported.csv" in md and "not results" in md
     for variant in ("zero_shot", "fine_tuned"):
         curve = pd.read_csv(p["hr_at_k"] / f"{variant}.csv")
         assert list(curve.columns) == ["k", "hr"] and curve["hr"].iloc[-1] == 1.0 and curve["hr"].is_monotonic_increasing
