@@ -9,7 +9,6 @@ assistant prefix), never hard-coded.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
@@ -82,7 +81,3 @@ def examples(rows: pd.DataFrame, preferences: pd.DataFrame, items: pd.DataFrame,
         image_col.append(info.at[item, IMAGE_PATH] if use_image else None)
     long[PROMPT], long[IMAGE_PATH], long[SPLIT] = prompt_col, image_col, split
     return long[EXAMPLE_COLUMNS]
-
-
-def image_root_path(root: Path, rel: str | None) -> Path | None:
-    return None if rel is None else root / rel
