@@ -26,6 +26,16 @@ def project(tmp_path) -> Path:
     return new_project(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny LM and VLM (seed 0), built once per test module."""
+    from msr_utils import tiny
+
+    out = tmp_path_factory.mktemp("models")
+    tiny.build(out, seed=0)
+    return out
+
+
 def prepared_project(root: Path, model_seed: int, **sections):
     """A scratch project with the tiny models and stage 01 run on the first 20 users of the sample;
     `sections` update params.yaml first. Returns stage 01's result."""

@@ -7,13 +7,6 @@ from PIL import Image
 from msr_utils import models, prompts, tiny
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    tiny.build(out, seed=0)
-    return out
-
-
 def image(w=120, h=60):
     return Image.new("RGB", (w, h), (200, 30, 30))
 

@@ -17,9 +17,8 @@ SIZES = [(32, 32), (64, 32), (120, 60), (48, 96)]
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    out = tiny.build(tmp_path_factory.mktemp("models"), seed=0)
-    return {kind: models.load(path, kind=kind) for kind, path in out.items()}
+def loaded(tiny_dir):
+    return {kind: models.load(tiny_dir / sub, kind=kind) for kind, sub in (("vlm", tiny.VLM_DIR), ("lm", tiny.LM_DIR))}
 
 
 @pytest.fixture(scope="module")

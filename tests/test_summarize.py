@@ -25,13 +25,6 @@ NO_IMAGE = {"corrupt", "missing", "none", "placeholder", "empty-path"}
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    tiny.build(out, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
 def vlm(tiny_dir):
     return models.load(tiny_dir / tiny.VLM_DIR, kind="vlm")
 

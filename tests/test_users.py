@@ -18,13 +18,6 @@ CFG = UserSummary(block_size=3, batch_size=4, max_new_tokens=4)
 LENGTHS = {"u1": 8, "u2": 5, "u3": 3}  # items per user; loo rows at every position >= 1
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    tiny.build(out, seed=0)
-    return out
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The tiny model gains nothing from threads; on a busy 2-core box they make it ~20x slower."""
