@@ -26,7 +26,7 @@ import torch
 from msr_utils import metrics, models, recommender, reported, scoring
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
-from msr_utils.paths import artifacts
+from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
 
 VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
 ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
@@ -52,19 +52,15 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
 def build_examples(params: Params, dataset: str, loaded: models.LoadedModel) -> pd.DataFrame:
     """The test rows' candidates as recommender prompts (recommender.examples), eval.limit rows."""
     p = paths(params, dataset)
-    for name in ("test", "items", "info", "preferences"):
-        if not p[name].is_file():
-            stage = "03 (user summaries)" if name == "preferences" else "01 (data prep)"
-            raise FileNotFoundError(f"{p[name]} not found; run stage {stage} for {dataset} first")
+    for name in ("test", "items", "info"):
+        require(p[name], STAGE_01)
+    require(p["preferences"], STAGE_03)
     rows = pd.read_parquet(p["test"])
     if params.eval.limit:
         rows = rows.head(params.eval.limit)
     item_summaries = None
     if params.item_summary.enabled and params.sft.candidate_summary:
-        if not p["item_summaries"].is_file():
-            raise FileNotFoundError(f"{p['item_summaries']} not found; run stage 02 (item summaries) or set "
-                                    "sft.candidate_summary: false")
-        item_summaries = pd.read_parquet(p["item_summaries"])
+        item_summaries = pd.read_parquet(require(p["item_summaries"], STAGE_02, "set sft.candidate_summary: false"))
     return recommender.examples(
         rows, pd.read_parquet(p["preferences"]), pd.read_parquet(p["items"]), item_summaries,
         loaded.processor, kind=json.loads(p["info"].read_text())["noun"], split=SPLIT,

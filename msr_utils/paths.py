@@ -8,6 +8,16 @@ from pathlib import Path
 from msr_utils.config import Params
 
 
+STAGE_01, STAGE_02, STAGE_03 = "stage 01 (data prep)", "stage 02 (item summaries)", "stage 03 (user summaries)"
+
+
+def require(path: Path, made_by: str, instead: str = "") -> Path:
+    """`path`, or a FileNotFoundError naming it, the stage that writes it and `instead` (a way around)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run {made_by} first" + (f", or {instead}" if instead else ""))
+    return path
+
+
 def artifacts(params: Params, dataset: str) -> dict[str, Path]:
     processed = params.path(params.data.out_dir) / dataset
     summaries = params.path("data/summaries") / dataset

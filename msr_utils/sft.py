@@ -49,7 +49,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from msr_utils import models, prompts, recommender, summarize
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
-from msr_utils.paths import artifacts
+from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
 
 TEXT, ANSWER, N_ANSWER, LENGTH = "text", "answer", "n_answer", "length"
 IGNORE = -100  # label of tokens the loss skips
@@ -65,12 +65,6 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         "curve": a["results"] / "sft_curve.csv",
         "plot": a["results"] / "sft_curve.png",
     }
-
-
-def read_parquet(path: Path, made_by: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; it is written by {made_by}")
-    return pd.read_parquet(path)
 
 
 # --- examples -------------------------------------------------------------------------------------
@@ -202,12 +196,11 @@ def build_examples(params: Params, dataset: str, loaded: models.LoadedModel, spl
 def load_tables(params: Params, dataset: str) -> dict[str, Any]:
     """The inputs of the stage, each failing with the file and the stage that writes it."""
     p = paths(params, dataset)
-    tables = {s: read_parquet(p[s], "stage 01 (data prep)") for s in ("train", "valid", "items")}
+    tables = {s: pd.read_parquet(require(p[s], STAGE_01)) for s in ("train", "valid", "items")}
     tables["noun"] = json.loads(p["info"].read_text())["noun"]
-    tables["preferences"] = read_parquet(p["preferences"], "stage 03 (user summaries)")
+    tables["preferences"] = pd.read_parquet(require(p["preferences"], STAGE_03))
     use_summary = params.sft.candidate_summary and params.item_summary.enabled
-    tables["item_summaries"] = (read_parquet(p["item_summaries"], "stage 02 (item summaries)")
-                                if use_summary else None)
+    tables["item_summaries"] = pd.read_parquet(require(p["item_summaries"], STAGE_02)) if use_summary else None
     return tables
 
 

@@ -35,7 +35,7 @@ from msr_utils.config import ConfigError, Params, UserSummary
 from msr_utils.data.schema import (HISTORY, ITEM, SPLITS, TARGET_POS, TIME, TITLE, USER, DataError,
                                    check_columns)
 from msr_utils.models import LoadedModel
-from msr_utils.paths import artifacts
+from msr_utils.paths import STAGE_02, artifacts, require
 
 SUMMARY = summarize.SUMMARY
 SPLIT, PREFIX, TIMES = "split", "prefix", "times"
@@ -259,9 +259,9 @@ def title_preferences(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None
 def load_rows(params: Params, dataset: str) -> pd.DataFrame:
     """The dataset's prefix table (all splits; the first user_summary.limit users when set)."""
     p = paths(params, dataset)
-    interactions = pd.read_parquet(p["processed"] / "interactions.parquet")
-    splits = {s: pd.read_parquet(p["processed"] / f"{s}.parquet") for s in SPLITS}
-    rows = prefixes(splits, interactions, str(p["processed"] / "interactions.parquet"))
+    interactions = pd.read_parquet(p["interactions"])
+    splits = {s: pd.read_parquet(p[s]) for s in SPLITS}
+    rows = prefixes(splits, interactions, str(p["interactions"]))
     if params.user_summary.limit:
         keep = pd.unique(interactions[USER])[:params.user_summary.limit]
         rows = rows[rows[USER].isin(keep)].reset_index(drop=True)
@@ -286,13 +286,11 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]
     cfg, p = params.user_summary, paths(params, dataset)
     info = dataset_info(params, dataset)
     rows = load_rows(params, dataset)
-    items = pd.read_parquet(p["processed"] / "items.parquet")
+    items = pd.read_parquet(p["items"])
     item_summaries = None
     if params.item_summary.enabled:
-        if not p["item_summaries"].is_file():
-            raise DataError(f"{p['item_summaries']} not found: run stage 02 (item summaries) first, or set "
-                            "item_summary.enabled: false for titles only")
-        item_summaries = pd.read_parquet(p["item_summaries"])
+        item_summaries = pd.read_parquet(require(p["item_summaries"], STAGE_02,
+                                                 "set item_summary.enabled: false for titles only"))
     texts = item_texts(items, item_summaries)
     if cfg.mode == "titles":  # no model: the preference is the history's titles
         prefs, blocks, stats = title_preferences(rows, texts, info["noun"])
@@ -319,7 +317,7 @@ def evolution(params: Params, dataset: str, user: str | None = None, split: str 
     if rows.empty:
         raise DataError(f"no {split} row for user {user!r} in {p['processed']}")
     row = rows.iloc[0]
-    titles = pd.read_parquet(p["processed"] / "items.parquet").set_index(ITEM)[TITLE]
+    titles = pd.read_parquet(p["items"]).set_index(ITEM)[TITLE]
     blocks = pd.read_parquet(p["user_summaries"]).set_index([USER, UPTO, BLOCK_INDEX])[SUMMARY]
     out, start = [], 0
     for k, end in enumerate(prefix_ends(list(row[TIMES]), cfg)):

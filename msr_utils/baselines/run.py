@@ -20,8 +20,8 @@ from msr_utils.baselines import features, gru4rec, pop, sasrec
 from msr_utils.baselines.common import Vocab, evaluate_rows
 from msr_utils.baselines.train import TrainConfig, torch_threads
 from msr_utils.config import Params
-from msr_utils.data.schema import ITEM, SPLITS, TITLE, DataError
-from msr_utils.paths import artifacts
+from msr_utils.data.schema import ITEM, SPLITS, TITLE
+from msr_utils.paths import STAGE_02, artifacts, require
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -37,9 +37,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
 
 def summary_texts(items: pd.DataFrame, path: Path) -> tuple[list[str], int]:
     """Each item's stage-02 summary (its title where it has none); (texts, number of fallbacks)."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: gru4rec_summary needs the item summaries of stage 02")
-    s = pd.read_parquet(path, columns=[ITEM, "summary"]).drop_duplicates(ITEM).set_index(ITEM)["summary"]
+    s = pd.read_parquet(require(path, STAGE_02, "drop gru4rec_summary from baselines.models"), columns=[ITEM, "summary"]).drop_duplicates(ITEM).set_index(ITEM)["summary"]
     got = items[ITEM].map(s)
     missing = got.isna() | (got.astype(str).str.strip() == "")
     return items[TITLE].where(missing, got).fillna("").astype(str).tolist(), int(missing.sum())
