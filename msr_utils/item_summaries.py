@@ -17,7 +17,6 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
     a = artifacts(params, dataset)
     return {
         **a,
-        "out": a["item_summaries"],
         "cache": a["cache"] / "item_summaries",
         "metrics": a["results"] / "item_summaries.json",
     }
@@ -45,8 +44,8 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     stats["model"] = loaded.model_ref
     if n > 1:
         return summaries, stats
-    p["out"].parent.mkdir(parents=True, exist_ok=True)
-    summaries.to_parquet(p["out"], index=False)
+    p["item_summaries"].parent.mkdir(parents=True, exist_ok=True)
+    summaries.to_parquet(p["item_summaries"], index=False)
     p["metrics"].parent.mkdir(parents=True, exist_ok=True)
     p["metrics"].write_text(json.dumps(stats, indent=2) + "\n")
     return summaries, stats

@@ -23,7 +23,7 @@ def test_run_writes_summaries_and_metrics_then_reuses_cache(prepared):
     params = load_params(prepared / "params.yaml")
     out, stats = item_summaries.run(params, "microlens50k")
     paths = item_summaries.paths(params, "microlens50k")
-    saved = pd.read_parquet(paths["out"])
+    saved = pd.read_parquet(paths["item_summaries"])
     assert len(saved) == 12 and saved["summary"].str.len().gt(0).all()
     (model,) = set(saved["model"])  # the params string + weights fingerprint, not a resolved path
     assert model.startswith("data/models/tiny-vlm@")
@@ -54,10 +54,10 @@ def test_shard_writes_only_the_cache(prepared, tmp_path):
     params = load_params(prepared / "params.yaml", {"item_summary.shard": "1/3",
                                                      "item_summary.max_new_tokens": 5})
     paths = item_summaries.paths(params, "microlens50k")
-    before = paths["out"].stat().st_mtime_ns if paths["out"].exists() else None
+    before = paths["item_summaries"].stat().st_mtime_ns if paths["item_summaries"].exists() else None
     out, _ = item_summaries.run(params, "microlens50k")
     assert 0 < len(out) < 12
-    assert (paths["out"].stat().st_mtime_ns if paths["out"].exists() else None) == before
+    assert (paths["item_summaries"].stat().st_mtime_ns if paths["item_summaries"].exists() else None) == before
 
 
 def test_paper_profile_without_cuda_names_the_model(prepared):

@@ -28,7 +28,6 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
     a = artifacts(params, dataset)
     return {
         **a,
-        "summaries": a["item_summaries"],
         "cache": a["cache"] / "baselines",
         "metrics": a["results"] / "baselines.json",
         "table": a["results"] / "baselines.csv",
@@ -56,7 +55,7 @@ def build(name: str, params: Params, items: pd.DataFrame, vocab: Vocab, dataset:
         feats, info = features.image_features(items, params.root, b.image_encoder, b.image_size,
                                               b.feature_batch_size, p["cache"])
     elif name == "gru4rec_summary":
-        texts, missing = summary_texts(items, p["summaries"])
+        texts, missing = summary_texts(items, p["item_summaries"])
         feats, info = features.text_features(texts, b.text_encoder, b.feature_batch_size, p["cache"], "summary")
         info["summary_missing"] = missing  # items scored by their title instead
     elif name == "gru4rec_title":
