@@ -9,9 +9,9 @@ import pandas as pd
 
 from msr_utils.config import Params
 from msr_utils import reported
-from msr_utils.evaluate import markdown_rows, paths as eval_paths
+from msr_utils.evaluate import markdown_rows, metric_keys, paths as eval_paths, table_row
 
-ABLATION_SOURCE = "ablation (params)"
+ABLATION_SOURCE, BASELINE_SOURCE = "ablation (params)", "baseline (same splits and candidates)"
 
 
 def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.DataFrame:
@@ -19,13 +19,11 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     variant (reported.py); writes comparison csv/md."""
     p = eval_paths(params, dataset)
     ours = pd.read_csv(p["table_csv"])
-    metrics = [c for c in baseline_table.columns if c not in ("name", "n_groups", "n_rows", "seconds")]
-    base = baseline_table.assign(**{m: (baseline_table[m] * 100).round(2) for m in metrics})
-    base = base.rename(columns={"name": "variant"}).assign(
-        dataset=dataset, source="baseline (same splits and candidates)", profile=params.base.profile,
-        seed=params.base.seed)
+    keys = metric_keys(params)
+    base = pd.DataFrame([table_row(dataset, r["name"], BASELINE_SOURCE, params.base.profile, params.base.seed, r, keys)
+                         for r in baseline_table.to_dict("records")], columns=ours.columns)
     ablation = ablation_rows(params, dataset, list(ours.columns))
-    parts = [ours, base[[c for c in ours.columns if c in base.columns]]] + ([ablation] if len(ablation) else [])
+    parts = [ours, base] + ([ablation] if len(ablation) else [])
     out = reported.side_by_side(pd.concat(parts, ignore_index=True), dataset, p["reported"])
     out = out.astype({"seed": "Int64", "n_groups": "Int64"})
     path = params.root / "results" / dataset / "comparison.csv"
@@ -50,13 +48,8 @@ def ablation_results(params: Params, dataset: str) -> dict[str, dict]:
 
 def ablation_rows(params: Params, dataset: str, columns: list[str]) -> pd.DataFrame:
     """One row per ablation variant with a result (metrics x 100), in `columns`."""
-    rows = []
-    for name, r in ablation_results(params, dataset).items():
-        m = r["metrics"]
-        rows.append({"dataset": dataset, "variant": name, "source": ABLATION_SOURCE, "profile": r["profile"],
-                     "model": m.get("model"), "seed": r["seed"], "n_groups": m.get("n_groups"),
-                     **{k: round(100 * v, 2) for k, v in m.items() if k in columns and k not in ("n_groups",)
-                        and isinstance(v, (int, float))}})
+    rows = [table_row(dataset, name, ABLATION_SOURCE, r["profile"], r["seed"], r["metrics"], metric_keys(params))
+            for name, r in ablation_results(params, dataset).items()]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -125,12 +125,19 @@ def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
     """Our metrics (x 100) per variant, the paper's reported numbers beside them (reported.py)."""
     label = ("pipeline check (tiny random model), not a result" if params.base.profile == "tiny"
              else "ours")
-    rows = [{"dataset": dataset, VARIANT: v, "source": label, "profile": params.base.profile,
-             "model": result[v]["model"], "seed": params.base.seed,
-             **{k: round(100 * x, 2) for k, x in result[v].items() if k in metric_keys(params)},
-             "n_groups": result[v]["n_groups"]} for v in variants(params)]
+    rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], metric_keys(params))
+            for v in variants(params)]
     table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"])
     return table.astype({"seed": "Int64", "n_groups": "Int64"})
+
+
+def table_row(dataset: str, variant: str, source: str, profile: str, seed: int, result: dict,
+              keys: list[str]) -> dict:
+    """One row of a result table: where it comes from, the metrics of `result` named in `keys` (x 100,
+    2 decimals), its model and n_groups (None where `result` has none)."""
+    return {"dataset": dataset, VARIANT: variant, "source": source, "profile": profile, "model": result.get("model"),
+            "seed": seed, **{k: round(100 * x, 2) for k, x in result.items() if k in keys},
+            "n_groups": result.get("n_groups")}
 
 
 def metric_keys(params: Params) -> list[str]:
