@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def variant_params(params: Params, variant: str, root: Path) -> Params:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     try:
-        return load_params(root / "params.yaml")
+        with warnings.catch_warnings():  # the variant's overrides win over the profile on purpose
+            warnings.simplefilter("ignore", config.ProfileShadowWarning)
+            return load_params(root / "params.yaml")
     except ConfigError as err:
         raise ConfigError(f"ablation {variant!r}: {err}") from None
 

@@ -2,11 +2,18 @@
 
 `load_params(overrides={"data.protocol": "loo"})` applies dotted overrides (papermill
 parameters; `None` means "keep params.yaml") and fails with a message naming the key.
+
+Profiles: `profiles.<name>` in params.yaml is a partial params tree (same sections and keys);
+`base.profile` picks one and it fills every key that params.yaml's own sections leave out. A key
+set in a section (by hand, `dvc exp run -S`, or an override) wins over the profile, for every
+profile, with a warning naming both values. `extends: <profile>` starts a profile from another one
+(the twin is the paper with other model ids and a size cut).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +21,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("microlens50k", "amazon_baby", "amazon_games")
+PROFILES = ("tiny", "twin", "paper")
+# Keys that cut the size of a run (first N users / items / rows, 0 = all; caps on generated tokens): the
+# twin profile is the paper profile with other model ids and these. A random-weight LM never emits its stop
+# token, so a twin's user summaries would all run to the paper's cap of 1,024 tokens without a lower cap.
+SIZE_KEYS = frozenset({"data.limit_users", "item_summary.limit", "user_summary.limit", "sft.limit", "eval.limit",
+                       "user_summary.max_new_tokens",
+                       *(f"ablations.limit.{k}" for k in ("train_rows", "valid_rows", "test_rows", "max_new_tokens"))})
 
 
 class ConfigError(ValueError):
     """A bad params.yaml value; the message names the key and what is allowed."""
+
+
+class ProfileShadowWarning(UserWarning):
+    """A key set in a params.yaml section wins over the active profile's value for it."""
 
 
 class _Section(BaseModel):
@@ -26,7 +44,7 @@ class _Section(BaseModel):
 
 class Base(_Section):
     seed: int = 2024
-    profile: Literal["tiny", "paper"] = "tiny"
+    profile: Literal[PROFILES] = "tiny"
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
 
 
@@ -63,12 +81,17 @@ class ModelSet(_Section):
 
 class Models(_Section):
     tiny: ModelSet = ModelSet(vlm="data/models/tiny-vlm", lm="data/models/tiny-lm")
+    twin: ModelSet = ModelSet(vlm="data/models/twin-vlm", lm="data/models/twin-lm")
     paper: ModelSet = ModelSet(vlm="llava-hf/llava-v1.6-mistral-7b-hf",
                                lm="meta-llama/Meta-Llama-3-8B-Instruct", quantization="4bit")
 
 
+PROMPTS = ("ours", "official")  # our wording, or the official code's (typos fixed; prompts.py lists them)
+
+
 class ItemSummary(_Section):
     enabled: bool = True
+    prompt: Literal[PROMPTS] = "ours"  # ours: the title is in the prompt; official: the cover alone
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     limit: int = Field(0, ge=0)  # 0 = every item
@@ -87,6 +110,7 @@ class ItemSummary(_Section):
 class UserSummary(_Section):
     model: Literal["lm", "vlm"] = "lm"
     mode: Literal["recurrent", "direct", "titles"] = "recurrent"  # titles: numbered history titles, no LLM
+    prompt: Literal[PROMPTS] = "ours"  # official: also the user and item ids, as the official code
     block_size: int = Field(3, ge=0)  # 0 = one block holding the whole history
     block_strategy: Literal["fixed", "session"] = "fixed"
     session_gap: int = Field(3600, ge=1)  # seconds
@@ -108,12 +132,23 @@ class Sft(_Section):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_init: Literal["default", "gaussian"] = "default"  # peft init_lora_weights (B = 0 either way)
+    lr_scheduler: Literal["linear", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
     gradient_checkpointing: bool = False
     save_steps: int = Field(20, ge=1)
     logging_steps: int = Field(5, ge=1)
     candidate_summary: bool = True
     candidate_image: bool = True
     limit: int = Field(0, ge=0)  # training rows; 0 = all
+
+
+class Recommender(_Section):
+    """The recommender prompt (stages 04, 05): user_first = preference + question, then the candidate
+    ([image], title, summary); image_first = the official order: the candidate's image, then the
+    preference, the title and the question."""
+    order: Literal["user_first", "image_first"] = "user_first"
 
 
 class Eval(_Section):
@@ -206,6 +241,33 @@ def _is_param(key: str) -> bool:
     return not (isinstance(node, type) and issubclass(node, BaseModel))
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested mapping."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_profiles(profiles: dict) -> dict:
+    """Each profile: a known name, keys that are params leaves, `extends` naming another profile."""
+    for name, tree in profiles.items():
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; base.profile allows {', '.join(PROFILES)}")
+        if not isinstance(tree, dict):
+            raise ValueError(f"profile {name!r}: must be a mapping of params sections")
+        parent = tree.get("extends")
+        if parent is not None and (parent not in profiles or parent == name):
+            raise ValueError(f"profile {name!r}: extends {parent!r}, which is not another profile here")
+        for key in _leaves({k: v for k, v in tree.items() if k != "extends"}):
+            if key.startswith(("base.", "profiles.")) or not _is_param(key):
+                raise ValueError(f"profile {name!r}: {key!r} is not a params key a profile can set (typo?)")
+    return profiles
+
+
 class Params(_Section):
     base: Base = Base()
     data: Data = Data()
@@ -213,10 +275,17 @@ class Params(_Section):
     item_summary: ItemSummary = ItemSummary()
     user_summary: UserSummary = UserSummary()
     sft: Sft = Sft()
+    recommender: Recommender = Recommender()
     eval: Eval = Eval()
     baselines: Baselines = Baselines()
     ablations: Ablations = Ablations()
+    profiles: dict[str, dict[str, Any]] = {}  # name -> partial params tree (see the module doc)
     root: Path = Path(".")
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, v):
+        return _check_profiles(v)
 
     def path(self, rel: str | Path) -> Path:
         """A params path, resolved against the project root."""
@@ -226,6 +295,12 @@ class Params(_Section):
     def models_in_use(self) -> ModelSet:
         """The model set of the active profile."""
         return getattr(self.models, self.base.profile)
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the active profile's models are random-initialised (tiny, twin): its numbers are a
+        pipeline check, not results."""
+        return self.base.profile in ("tiny", "twin")
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -259,17 +334,48 @@ def _explain(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def profile_settings(profiles: dict, name: str, source: str = "params.yaml") -> dict[str, Any]:
+    """{dotted key: value} that profile `name` sets, its `extends` chain resolved (own keys win)."""
+    chain, seen = [], set()
+    while name is not None:
+        if name in seen:
+            raise ConfigError(f"{source}: profiles extend each other in a loop ({' -> '.join(chain)})")
+        tree = profiles.get(name)
+        if tree is None:
+            return {}  # a profile with no entry sets nothing (the section values apply)
+        seen.add(name)
+        chain.append(name)
+        name = tree.get("extends") if isinstance(tree, dict) else None
+    out: dict[str, Any] = {}
+    for link in reversed(chain):
+        out |= _leaves({k: v for k, v in profiles[link].items() if k != "extends"})
+    return out
+
+
 def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
-    """Read params.yaml (found upwards from the cwd when `path` is None) and validate it."""
+    """Read params.yaml (found upwards from the cwd when `path` is None), fill what its sections
+    leave out from the active profile, and validate it."""
     path = Path(path) if path else find_root() / "params.yaml"
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     tree = yaml.safe_load(path.read_text()) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, key, value)
+    in_file = _leaves({k: v for k, v in tree.items() if k != "profiles" and isinstance(v, dict)})
+    explicit = {key: value for key, value in (overrides or {}).items() if value is not None}
+    for key, value in explicit.items():
+        _set_dotted(tree, key, value)
+    profiles = tree.get("profiles") or {}
+    name = (tree.get("base") or {}).get("profile", Base().profile)
+    if isinstance(profiles, dict) and isinstance(name, str):
+        for key, value in profile_settings(profiles, name, str(path)).items():
+            if key in explicit:
+                continue
+            if key not in in_file:
+                _set_dotted(tree, key, value)
+            elif in_file[key] != value:
+                warnings.warn(f"{path}: {key} = {in_file[key]!r} (set in its section) wins over profile "
+                              f"{name!r}'s {value!r}", ProfileShadowWarning, stacklevel=2)
     try:
         return Params(**tree, root=path.resolve().parent)
     except ValidationError as err:

@@ -65,7 +65,7 @@ def build_examples(params: Params, dataset: str, loaded: models.LoadedModel) -> 
         rows, pd.read_parquet(p["preferences"]), pd.read_parquet(p["items"]), item_summaries,
         loaded.processor, kind=json.loads(p["info"].read_text())["noun"], split=SPLIT,
         with_image=params.sft.candidate_image and loaded.kind == "vlm",
-        placeholder_images=params.item_summary.placeholder_images)
+        placeholder_images=params.item_summary.placeholder_images, order=params.recommender.order)
 
 
 def check_adapter(adapter_dir: Path, model_ref: str | None = None) -> None:
@@ -123,7 +123,7 @@ def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
 
 def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
     """Our metrics (x 100) per variant, the paper's reported numbers beside them (reported.py)."""
-    label = ("pipeline check (tiny random model), not a result" if params.base.profile == "tiny"
+    label = (f"pipeline check ({params.base.profile} random model), not a result" if params.random_weights
              else "ours")
     rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], metric_keys(params))
             for v in variants(params)]
@@ -237,8 +237,8 @@ def candidates_of(scores: pd.DataFrame, items: pd.DataFrame, row: int = 0) -> pd
 
 def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
     """results.md: the table plus where the numbers come from."""
-    note = ("**Pipeline check, not results**: the tiny profile scores with small random-initialised models."
-            if params.base.profile == "tiny" else f"Profile `{params.base.profile}`.")
+    note = (f"**Pipeline check, not results**: the {params.base.profile} profile scores with small "
+            "random-initialised models." if params.random_weights else f"Profile `{params.base.profile}`.")
     return (f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
             f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "

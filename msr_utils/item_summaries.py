@@ -37,6 +37,7 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
         items, loaded, p["cache"], image_root=params.root,
         dataset_kind=json.loads(p["info"].read_text())["noun"], batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, seed=params.base.seed, shard=(i, n) if n > 1 else None,
+        wording=cfg.prompt,
         placeholder_images=cfg.placeholder_images)
     placeholders = set(items.loc[items[IMAGE_PLACEHOLDER], ITEM])
     stats["placeholder_images_used"] = int((summaries[summarize.IMAGE_USED]

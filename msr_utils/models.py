@@ -118,6 +118,9 @@ def load_profile(params, role: str) -> LoadedModel:
     if params.base.profile == "paper" and not torch.cuda.is_available():
         raise ModelLoadError(f"base.profile = 'paper' loads {ref!r} ({chosen.quantization}) and needs a CUDA "
                              "GPU; none is visible. Use base.profile: tiny on a CPU.")
+    if not local.is_dir() and Path(ref).parts[:2] == ("data", "models"):  # built here, not downloaded
+        raise ModelLoadError(f"model folder {local} not found: build it with `dvc repro models` (tiny and twin "
+                             "checkpoints, offline)")
     quantization = None if chosen.quantization == "none" else chosen.quantization
     loaded = load(local if local.is_dir() else ref, kind=role, quantization=quantization)
     loaded.model_ref = f"{ref}@{fingerprint(local)}" if local.is_dir() else ref

@@ -1,8 +1,10 @@
 """The recommender's prompt as the model sees it: one builder for fine-tuning (stage 04) and
 scoring (stage 05), so both see exactly the same text and the same answer tokens.
 
-A candidate row becomes a chat prompt (the model's own chat template, generation prompt added):
-user preference first, then [image token], candidate title and item summary. The answer is "Yes"
+A candidate row becomes a chat prompt (the model's own chat template, generation prompt added) in
+one of two orders (params recommender.order, prompts.recommendation_messages): user_first = the user
+preference and question, then [image token], candidate title and item summary; image_first (the
+paper's) = the candidate's image, then preference, title [and summary] and question. The answer is "Yes"
 or "No"; its token id is read from the tokenizer in the exact context it follows (after the
 assistant prefix), never hard-coded.
 """
@@ -49,7 +51,7 @@ def answer_token_ids(processor, tokenizer, messages: list[dict] | None = None) -
 
 def examples(rows: pd.DataFrame, preferences: pd.DataFrame, items: pd.DataFrame,
              item_summaries: pd.DataFrame | None, processor, *, kind: str, split: str,
-             with_image: bool, placeholder_images: bool = True) -> pd.DataFrame:
+             with_image: bool, placeholder_images: bool = True, order: str = "user_first") -> pd.DataFrame:
     """One row per (split row, candidate): EXAMPLE_COLUMNS; label 1 for the target.
 
     rows: a split table (user_id, target_pos, candidates); preferences: user_preferences.parquet
@@ -76,7 +78,7 @@ def examples(rows: pd.DataFrame, preferences: pd.DataFrame, items: pd.DataFrame,
         use_image = bool(image_token) and bool(usable.get(item, False))
         messages = prompts.recommendation_messages(
             prefs[(user, pos)], info.at[item, TITLE], kind=kind, summary=summary.get(item),
-            image_token=image_token if use_image else None)
+            image_token=image_token if use_image else None, order=order)
         prompt_col.append(chat_text(processor, messages))
         image_col.append(info.at[item, IMAGE_PATH] if use_image else None)
     long[PROMPT], long[IMAGE_PATH], long[SPLIT] = prompt_col, image_col, split

@@ -97,7 +97,9 @@ def readable_images(items: pd.DataFrame, root: Path, wanted: set[str]) -> tuple[
 
 def answer_suffixes(processor) -> dict[str, str]:
     """{"Yes": text, "No": text}: what the chat template appends to a prompt for each answer (the
-    answer plus its end token). Checked to continue the prompt exactly."""
+    answer plus its end token). Checked to continue the prompt exactly. Whitespace the template writes
+    after the end token (llava-hf's '</s> ') is left out: nothing is generated after the end token,
+    so it is not trained on."""
     messages = prompts.user_message("Will the user like it?")
     prompt = recommender.chat_text(processor, messages)
     suffixes = {}
@@ -106,7 +108,7 @@ def answer_suffixes(processor) -> dict[str, str]:
         if not full.startswith(prompt):
             raise ValueError("the chat template renders the prompt differently once an answer follows; "
                              "cannot train on prompt + answer")
-        suffixes[answer] = full[len(prompt):]
+        suffixes[answer] = full[len(prompt):].rstrip()
     return suffixes
 
 
@@ -151,7 +153,8 @@ def build_examples(params: Params, dataset: str, loaded: models.LoadedModel, spl
                             else (tables["items"], {}, 0))
     ex = recommender.examples(rows, prefs, items, tables["item_summaries"], processor, kind=tables["noun"],
                               split=split, with_image=with_image,
-                              placeholder_images=params.item_summary.placeholder_images)
+                              placeholder_images=params.item_summary.placeholder_images,
+                              order=params.recommender.order)
     ex[ANSWER] = np.where(ex[recommender.LABEL] == 1, prompts.ANSWERS[0], prompts.ANSWERS[1])
     suffix = answer_suffixes(processor)
     ex[TEXT] = ex[recommender.PROMPT] + ex[ANSWER].map(suffix)
@@ -288,6 +291,7 @@ def with_lora(loaded: models.LoadedModel, params: Params):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        init_lora_weights=True if cfg.lora_init == "default" else cfg.lora_init,
                         target_modules=lora_targets(model), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -310,7 +314,8 @@ def training_args(params: Params, folder: Path, progress: bool = True) -> Traini
     cfg, on_cuda = params.sft, torch.cuda.is_available()
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
     return TrainingArguments(
-        output_dir=str(folder), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        output_dir=str(folder), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},

@@ -52,11 +52,13 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
                     batch_size: int = 8, max_new_tokens: int = 128, do_sample: bool = False,
                     temperature: float | None = None, top_p: float | None = None, seed: int = 0,
                     shard: tuple[int, int] | None = None, templates: dict[bool, str] | None = None,
-                    placeholder_images: bool = False, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                    wording: str = "ours", placeholder_images: bool = False,
+                    progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Summarise each unique item (image + title, or title only) with `loaded`.
 
     items: columns item_id, title, image_path (relative to image_root, or None), image_placeholder.
     shard=(i, n): only items whose stable hash falls in part i of n (merge the caches afterwards).
+    wording: "ours" (the title in the image prompt) | "official" (the official cover prompt).
     templates: {with_image: template} overrides of the prompts.py templates (experiments, tests).
     placeholder_images: feed placeholder cards to the VLM like real images (a pipeline check of the
     image path on the tiny profile); False treats them as missing (title-only prompt).
@@ -67,7 +69,7 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
     if shard is not None:
         df = df[df[ITEM].map(lambda k: in_shard(k, shard))]
     gen = generation_kwargs(max_new_tokens, do_sample, temperature, top_p)
-    templates = {w: (templates or {}).get(w) or prompts.item_summary_template(dataset_kind, w)
+    templates = {w: (templates or {}).get(w) or prompts.item_summary_template(dataset_kind, w, wording)
                  for w in (True, False)}
     hashes = {w: prompts.prompt_hash([t, json.dumps(gen, sort_keys=True)]) for w, t in templates.items()}
     root = Path(image_root) if image_root is not None else Path()

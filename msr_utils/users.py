@@ -162,7 +162,8 @@ def plan(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]], cfg: User
                 missing = [i for i in block if i not in texts]
                 if missing:
                     raise DataError(f"user {user!r}: item(s) {missing[:3]} of the history are not in items.parquet")
-                text = prompts.user_items_text([texts[i] for i in block], kind)
+                text = prompts.user_items_text([texts[i] for i in block], kind,
+                                               ids=block if cfg.prompt == "official" else None)
                 key = f"{user}@{end}/{label}:{prompts.prompt_hash([prev or '', text])}"
                 memo[(user, prev, block)] = key
                 states.setdefault(key, State(key, user, end, k, text, prev, tuple(texts[i][0] for i in block)))
@@ -182,10 +183,8 @@ def summarize_users(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]]
     gen = summarize.generation_kwargs(cfg.max_new_tokens, cfg.do_sample,
                                       cfg.temperature if cfg.do_sample else None,
                                       cfg.top_p if cfg.do_sample else None)
-    used = ((prompts.USER_DIRECT_HEAD, prompts.USER_DIRECT_TAIL) if cfg.mode == "direct" else
-            (prompts.USER_BLOCK_HEAD, prompts.USER_BLOCK_FIRST, prompts.USER_BLOCK_NEXT, prompts.USER_BLOCK_TAIL))
-    phash = prompts.prompt_hash([prompts.USER_ITEM_LINE, prompts.USER_ITEM_LINE_TITLE_ONLY, *used, kind,
-                                 cfg.mode, json.dumps(gen, sort_keys=True)])
+    phash = prompts.prompt_hash([*prompts.user_templates(cfg.mode, cfg.prompt), kind, cfg.mode,
+                                 json.dumps(gen, sort_keys=True)])
     if cfg.do_sample:
         torch.manual_seed(seed)  # sampled runs are seeded
     states, finals = plan(rows, texts, cfg, kind)
@@ -199,8 +198,8 @@ def summarize_users(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]]
         requests = []
         for s in steps[k]:
             previous = summary[s.prev] if s.prev else None
-            text = (prompts.user_direct_prompt(s.text, kind) if cfg.mode == "direct"
-                    else prompts.user_block_prompt(s.text, previous, kind))
+            text = (prompts.user_direct_prompt(s.text, kind, cfg.prompt, s.user) if cfg.mode == "direct"
+                    else prompts.user_block_prompt(s.text, previous, kind, cfg.prompt, s.user))
             fallback = previous or f"{prompts.USER_ANSWER_START} {'; '.join(s.titles)}."
             requests.append(summarize.Request(s.key, prompts.user_message(text), phash, fallback))
         records, st = summarize.generate_cached(requests, loaded, cache, batch_size=cfg.batch_size,

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from msr_utils.config import ConfigError, find_root, load_params
+from msr_utils.config import ConfigError, ProfileShadowWarning, find_root, load_params, profile_settings
 from tests.conftest import ROOT, set_params
 
 
@@ -47,3 +48,38 @@ def test_find_root_walks_up(project, monkeypatch):
     monkeypatch.chdir(project / "notebooks")
     assert find_root() == project.resolve()
     assert load_params().root == project.resolve()
+
+
+# --- profiles ---------------------------------------------------------------------------------------
+
+def test_profile_fills_what_the_sections_leave_out_and_a_section_key_wins(project):
+    assert load_params(project / "params.yaml", {"base.profile": "paper"}).sft.lr == 2e-5
+    assert load_params(project / "params.yaml").sft.lr == 2e-4  # tiny
+    assert load_params(project / "params.yaml", {"base.profile": "paper", "sft.lr": 1e-4}).sft.lr == 1e-4
+    path = set_params(project, sft={"lr": 3e-4})  # what `dvc exp run -S sft.lr=3e-4` writes
+    with pytest.warns(ProfileShadowWarning, match=r"sft\.lr = 0\.0003 .* wins over profile 'paper''s 2e-05"):
+        assert load_params(path, {"base.profile": "paper"}).sft.lr == 3e-4
+
+
+def test_twin_extends_paper(project):
+    twin, paper = (load_params(project / "params.yaml", {"base.profile": p}) for p in ("twin", "paper"))
+    assert twin.recommender.order == paper.recommender.order == "image_first"
+    assert (twin.data.limit_users, paper.data.limit_users) == (10, 0)
+
+
+@pytest.mark.parametrize("profiles, message", [
+    ({"tiny": {"sft": {"lrr": 1}}}, r"profile 'tiny': 'sft\.lrr' is not a params key"),
+    ({"huge": {"sft": {"lr": 1}}}, r"unknown profile 'huge'"),
+    ({"twin": {"extends": "nowhere"}}, r"profile 'twin': extends 'nowhere'"),
+    ({"tiny": {"base": {"seed": 1}}}, r"'base\.seed' is not a params key a profile can set"),
+])
+def test_bad_profiles_are_named(project, profiles, message):
+    path = set_params(project, profiles=profiles)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_bad_profile_value_names_the_key(project):
+    path = set_params(project, profiles={"paper": {"recommender": {"order": "sideways"}}})
+    with pytest.raises(ConfigError, match=r"recommender\.order = 'sideways'"):
+        load_params(path, {"base.profile": "paper"})

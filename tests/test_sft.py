@@ -102,6 +102,17 @@ def test_lora_wraps_every_language_model_linear_and_nothing_else(project):
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
 
 
+def test_the_papers_optimiser_knobs_reach_the_trainer_and_lora(project, tmp_path):
+    loaded, params = loaded_and_params(project, **{"sft.lr_scheduler": "constant", "sft.weight_decay": 0.01,
+                                                   "sft.warmup_steps": 3, "sft.lora_init": "gaussian"})
+    args = sft.training_args(params, tmp_path, progress=False)
+    assert (args.lr_scheduler_type, args.weight_decay, args.warmup_steps) == ("constant", 0.01, 3)
+    model = sft.with_lora(loaded, params)
+    assert model.peft_config["default"].init_lora_weights == "gaussian"
+    a = next(m.lora_A["default"].weight for m in model.modules() if isinstance(m, LoraLayer))
+    assert a.std().item() == pytest.approx(1 / params.sft.lora_r, rel=0.2)  # peft's gaussian: N(0, 1/r)
+
+
 def test_training_loss_falls_and_outputs_are_written(project, trained):
     m, curve = trained.metrics, trained.curve
     assert m["steps"] == 6 and m["train_examples"] == 24 and m["valid_examples"] > 0
