@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: env repro test lab bench clean
+.PHONY: env repro test lab bench gpu-test clean
 
 env: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ test: env             ## unit tests, notebook runs and an end-to-end `dvc repro`
 lab: env              ## open the notebooks in JupyterLab
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,lab]'
 	$(BIN)/jupyter lab notebooks/
+
+gpu-test:             ## GPU only: the CUDA tests, incl. the twin pipeline with 4-bit QLoRA + bf16 (own .venv-gpu)
+	$(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/python -m pip install -q pip==25.3
+	.venv-gpu/bin/python -m pip install -q -c constraints-gpu.txt -e '.[dev,gpu]'
+	PATH=$(abspath .venv-gpu)/bin:$$PATH .venv-gpu/bin/python -m pytest -m gpu -v
 
 bench: env            ## speed benchmarks (print ratios)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -36,6 +36,16 @@ def tiny_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def twin_dir(tmp_path_factory):
+    """The twin LM and VLM (seed 0), built once per test session (the tokenizers take seconds)."""
+    from msr_utils import twin
+
+    out = tmp_path_factory.mktemp("twins")
+    twin.build(out, seed=0)
+    return out
+
+
 def prepared_project(root: Path, model_seed: int, **sections):
     """A scratch project with the tiny models and stage 01 run on the first 20 users of the sample;
     `sections` update params.yaml first. Returns stage 01's result."""

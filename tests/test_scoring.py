@@ -30,16 +30,17 @@ def image_root(tmp_path_factory):
     return root
 
 
-def examples(model: models.LoadedModel, with_image: bool, users: int = 2) -> pd.DataFrame:
-    """Candidates of `users` rows (5 each, different preferences); every other one with an image."""
+def examples(model: models.LoadedModel, with_image: bool, users: int = 2, order: str = "user_first",
+             image_every: int = 2) -> pd.DataFrame:
+    """Candidates of `users` rows (5 each, different preferences); every `image_every`-th one with an image."""
     image_token = getattr(model.processor, "image_token", None) if with_image else None
     rows = []
     for u in range(users):
         for c, title in enumerate(TITLES):
-            image = image_token if c % 2 == 0 else None
+            image = image_token if c % image_every == 0 else None
             messages = prompts.recommendation_messages(f"{PREFERENCE} User {u}.", title, kind="video",
                                                        summary="a cat on a sofa" if c % 3 else None,
-                                                       image_token=image)
+                                                       image_token=image, order=order)
             rows.append({"split": "test", "user_id": f"u{u}", "target_pos": 5, "item_id": f"i{c}",
                          "label": int(c == 0), "prompt": recommender.chat_text(model.processor, messages),
                          "image_path": f"{(u + c) % len(SIZES)}.png" if image else None})
@@ -131,3 +132,20 @@ def test_unreadable_image_and_bad_method_fail_clearly(loaded, tmp_path):
         scoring.score_examples(model, ex, image_root=tmp_path, progress=False)
     with pytest.raises(ValueError, match="method"):
         scoring.score_examples(model, ex, method="generate", progress=False)
+
+
+@pytest.mark.parametrize("which", ["tiny", "twin"])
+def test_the_papers_image_first_order_scores_exactly(loaded, twin_dir, image_root, which):
+    """[INST] <image> + preference + title + question: shared-prefix and batched scores equal one
+    forward per candidate, on the tiny VLM and on the twin (real LLaVA-1.6 processing)."""
+    from msr_utils import twin
+
+    model = loaded["vlm"] if which == "tiny" else models.load(twin_dir / twin.VLM_DIR, kind="vlm")
+    ex = examples(model, with_image=True, users=1, order="image_first", image_every=1)  # images of 4 sizes
+    image_prompt = ex["prompt"][0]
+    assert image_prompt.removeprefix("<s>").startswith("[INST] <image>\nBased on the previous interaction")
+    reference = scoring.score_examples(model, ex, image_root=image_root, method="naive", batch_size=1, progress=False)
+    for kw in (dict(method="shared"), dict(method="naive", batch_size=5, padding_side="left")):
+        got = scoring.score_examples(model, ex, image_root=image_root, progress=False, **kw)
+        np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0, err_msg=str(kw))
+    assert np.ptp(reference) > 1e-6
