@@ -96,6 +96,7 @@ def score_variant(params: Params, loaded: models.LoadedModel, examples: pd.DataF
     """Scores of one model variant (SCORE_COLUMNS) and its metrics."""
     start = time.perf_counter()
     scores = scoring.score_examples(loaded, examples, image_root=params.root, batch_size=params.eval.batch_size,
+                                    order=params.recommender.order,
                                     desc=variant)
     seconds = time.perf_counter() - start
     out = examples.assign(**{SCORE: scores, VARIANT: variant})

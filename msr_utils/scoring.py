@@ -4,14 +4,18 @@ score = softmax over the (Yes, No) answer-token logits at the last prompt token 
 position). The answer ids come from `recommender.answer_token_ids`, never hard-coded.
 
 Two exact paths over the same tokens:
-- `shared` (default): the candidates of one evaluation row share the user part of the prompt. Their
-  longest common token prefix (cut before any image token, and leaving at least one token per
-  candidate) is encoded once; its KV cache is copied across a batch of right-padded suffixes, and
-  each row's logit is read at its last real token. Image-bearing suffixes carry their own
-  pixel_values (the processor already expanded the image token inside the suffix).
+- `shared` (default): prompts that begin alike are grouped and their longest common token prefix
+  (leaving at least one token per prompt) is encoded once; its KV cache is copied across a batch of
+  right-padded suffixes, and each row's logit is read at its last real token. The grouping follows
+  the prompt order (params recommender.order): `user_first` groups the candidates of one evaluation
+  row (they share the user part; the prefix stops before any image token and image-bearing suffixes
+  carry their own pixel_values); `image_first` groups every (row, candidate) pair of one candidate
+  item: they share `[BOS][INST] <image tokens>` and the text up to the preference, so the prefix runs
+  through the image, which is encoded once per item for all users.
 - `naive`: each candidate's whole prompt alone (batch_size 1), or padded batches of whole prompts
   (right or left padding; left padding gets explicit position ids).
-Both give the same scores up to float rounding (tested).
+Both give the same scores up to float rounding (tested). `forwarded_tokens` counts what each method
+feeds the model, without running it.
 """
 
 from __future__ import annotations
@@ -26,19 +30,21 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from msr_utils import recommender
-from msr_utils.data.schema import IMAGE_PATH, TARGET_POS, USER
+from msr_utils.data.schema import IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.models import LoadedModel
 from msr_utils.summarize import load_image
 
 METHODS = ("shared", "naive")
-GROUP_COLUMNS = [recommender.SPLIT, USER, TARGET_POS]  # candidates of one evaluation row
+# Prompts that begin alike, by prompt order: one evaluation row's candidates / one candidate item's pairs.
+GROUP_COLUMNS = {"user_first": [recommender.SPLIT, USER, TARGET_POS], "image_first": [ITEM]}
 
 
 @dataclass
 class Encoded:
-    """One tokenized prompt: token ids (image tokens expanded) and its vision inputs, if any."""
+    """One tokenized prompt: token ids (image tokens expanded), its vision inputs and image, if any."""
     ids: list[int]
     vision: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_sizes, ...
+    image: str | None = None  # the image file: prompts with the same one may share it in their prefix
 
 
 def answer_ids(loaded: LoadedModel) -> tuple[int, int]:
@@ -47,24 +53,48 @@ def answer_ids(loaded: LoadedModel) -> tuple[int, int]:
     return ids["Yes"], ids["No"]
 
 
-def encode(loaded: LoadedModel, prompt: str, image_path: Path | None = None) -> Encoded:
-    """Tokenize one prompt exactly as a lone forward would see it (the processor expands the image
-    token into the image's feature tokens)."""
+def encode(loaded: LoadedModel, prompt: str, image_path: Path | None = None,
+           images: dict[str, tuple[dict, int]] | None = None) -> Encoded:
+    """Tokenize one prompt exactly as a lone forward would see it: the image marker expanded into the
+    image's feature tokens, as the processor does. `images` caches each image's processed inputs by
+    path (the pairs of one candidate item share its cover: processed once)."""
     bos = loaded.tokenizer.bos_token
     add_special = not (bos and prompt.startswith(bos))  # chat templates usually write BOS already
+    ids = loaded.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
     if image_path is None:
-        return Encoded(loaded.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+        return Encoded(ids)
     if loaded.kind != "vlm":
         raise ValueError(f"prompt has an image ({image_path}) but model {loaded.model_ref!r} is a text LM")
+    key = str(image_path)
+    cached = (images or {}).get(key) or image_inputs(loaded, Path(image_path))
+    if images is not None:
+        images[key] = cached
+    vision, n_tokens = cached
+    return Encoded(expand_image(ids, loaded.tokenizer.convert_tokens_to_ids(loaded.processor.image_token), n_tokens),
+                   vision, key)
+
+
+def image_inputs(loaded: LoadedModel, image_path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """One image through the processor: its vision inputs and the number of tokens it expands to."""
     image = load_image(image_path)
     if image is None:
         raise FileNotFoundError(f"candidate image {image_path} is missing or unreadable; rerun stage 01 "
                                 "(it writes placeholders for missing images) or set sft.candidate_image: false")
-    out = loaded.processor(text=[prompt], images=[image], add_special_tokens=add_special, return_tensors="pt")
+    marker = loaded.processor.image_token
+    out = loaded.processor(text=[marker], images=[image], add_special_tokens=False, return_tensors="pt")
     vision = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
     if "pixel_values" in vision and vision["pixel_values"].dim() == 5:  # LLaVA-NeXT: (1, patches, C, H, W)
         vision["pixel_values"] = vision["pixel_values"][0]
-    return Encoded(out["input_ids"][0].tolist(), vision)
+    return vision, int((out["input_ids"][0] == loaded.tokenizer.convert_tokens_to_ids(marker)).sum())
+
+
+def expand_image(ids: list[int], image_id: int, n_tokens: int) -> list[int]:
+    """`ids` with its one image marker replaced by `n_tokens` image tokens (what the processor writes:
+    the marker is an added token, so the text around it tokenizes the same)."""
+    if ids.count(image_id) != 1:
+        raise ValueError(f"expected one image marker (id {image_id}) in the prompt, found {ids.count(image_id)}")
+    at = ids.index(image_id)
+    return ids[:at] + [image_id] * n_tokens + ids[at + 1:]
 
 
 def shared_prefix_length(encoded: list[Encoded], stop_ids: set[int] = frozenset()) -> int:
@@ -75,6 +105,30 @@ def shared_prefix_length(encoded: list[Encoded], stop_ids: set[int] = frozenset(
     for e in encoded[1:]:
         n = min(n, next((i for i, (a, b) in enumerate(zip(first, e.ids)) if a != b), n))
     return next((i for i, t in enumerate(first[:n]) if t in stop_ids), max(n, 0))
+
+
+def prefix_length(encoded: list[Encoded], image_id: int | None) -> int:
+    """The prefix `score_shared` encodes once: the common prefix, running through image tokens only
+    when every prompt carries the same image and the prefix holds all of its tokens (else it stops
+    before the first image token)."""
+    stop = {image_id} if image_id is not None else set()
+    n = shared_prefix_length(encoded)
+    same_image = encoded[0].image is not None and all(e.image == encoded[0].image for e in encoded)
+    first = encoded[0].ids
+    if same_image and stop and not any(t in stop for t in first[n:]):
+        return n
+    return shared_prefix_length(encoded, stop)
+
+
+def forwarded_tokens(encoded: list[Encoded], groups, image_id: int | None) -> int:
+    """Tokens the shared method feeds the model for `groups` (lists of indices into `encoded`): each
+    group's prefix once plus every prompt's suffix. The naive method feeds sum(len(e.ids))."""
+    total = 0
+    for rows in groups:
+        part = [encoded[i] for i in rows]
+        n = prefix_length(part, image_id)
+        total += n + sum(len(e.ids) - n for e in part)
+    return total
 
 
 def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,19 +162,22 @@ def _p_yes(model, answers: tuple[int, int], ids: torch.Tensor, mask: torch.Tenso
 
 def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
                  batch_size: int = 21) -> np.ndarray:
-    """P(Yes) for the candidates of one evaluation row, their common prefix encoded once."""
+    """P(Yes) for prompts that begin alike (one group of GROUP_COLUMNS), their common prefix encoded
+    once (with its image, when `prefix_length` lets the prefix run through it)."""
     model, device = loaded.model, loaded.device
     image_id = getattr(loaded.model.config, "image_token_id", None)
-    n_prefix = shared_prefix_length(encoded, {image_id} if image_id is not None else set())
+    n_prefix = prefix_length(encoded, image_id)
+    image_in_prefix = image_id is not None and image_id in encoded[0].ids[:n_prefix]
     cache = None
     if n_prefix:
         prefix = torch.tensor([encoded[0].ids[:n_prefix]], device=device)
-        cache = model(input_ids=prefix, use_cache=True).cache
+        vision = _vision_batch(encoded[:1], model.dtype, device) if image_in_prefix else {}
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1, **vision).cache  # logits unused
     scores = []
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start:start + batch_size]
         ids, mask = _pad([e.ids[n_prefix:] for e in batch], loaded.tokenizer.pad_token_id, "right")
-        kwargs = _vision_batch(batch, model.dtype, device)
+        kwargs = {} if image_in_prefix else _vision_batch(batch, model.dtype, device)
         if cache is not None:  # a fresh batch-sized copy: the forward appends the suffix to it
             kwargs["cache"] = DynamicCache([(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1))
                                             for k, v, *_ in cache], config=model.config)
@@ -152,23 +209,26 @@ def score_naive(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int,
 
 def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: str | Path = ".",
                    batch_size: int = 21, method: str = "shared", padding_side: str = "right",
-                   progress: bool = True, desc: str = "scoring") -> np.ndarray:
+                   order: str = "user_first", progress: bool = True, desc: str = "scoring") -> np.ndarray:
     """P(Yes) for each row of `recommender.examples` output (prompt, image_path relative to
-    image_root), in row order. `shared` groups candidates by (split, user_id, target_pos)."""
+    image_root), in row order. `shared` groups prompts by GROUP_COLUMNS[order] (the order the
+    prompts were built in)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    if order not in GROUP_COLUMNS:
+        raise ValueError(f"order={order!r}: expected one of {tuple(GROUP_COLUMNS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     answers, root = answer_ids(loaded), Path(image_root)
     scores = np.full(len(examples), np.nan)
     positions = np.arange(len(examples))
-    groups = (examples.groupby(GROUP_COLUMNS, sort=False).indices.values() if method == "shared"
+    groups = (examples.groupby(GROUP_COLUMNS[order], sort=False).indices.values() if method == "shared"
               else np.array_split(positions, max(1, -(-len(examples) // batch_size))))
     bar = tqdm(total=len(examples), desc=desc, unit="cand", disable=not progress)
     with torch.inference_mode():
         for rows in groups:
-            part = examples.iloc[rows]
-            encoded = [encode(loaded, p, None if pd.isna(i) else root / i)
+            part, images = examples.iloc[rows], {}  # one group's images, processed once each
+            encoded = [encode(loaded, p, None if pd.isna(i) else root / i, images)
                        for p, i in zip(part[recommender.PROMPT], part[IMAGE_PATH])]
             scores[rows] = (score_shared(loaded, encoded, answers, batch_size) if method == "shared"
                             else score_naive(loaded, encoded, answers, batch_size, padding_side))

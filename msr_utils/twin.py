@@ -142,7 +142,7 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token="<|eot_id|>", chat_template=LLAMA3_TEMPLATE,
         model_input_names=["input_ids", "attention_mask"], padding_side="left",
-        clean_up_tokenization_spaces=True)
+        clean_up_tokenization_spaces=False)  # the checkpoint says True; transformers 5 ignores it for BPE
 
 
 # --- models ----------------------------------------------------------------------------------------

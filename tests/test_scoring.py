@@ -31,8 +31,9 @@ def image_root(tmp_path_factory):
 
 
 def examples(model: models.LoadedModel, with_image: bool, users: int = 2, order: str = "user_first",
-             image_every: int = 2) -> pd.DataFrame:
-    """Candidates of `users` rows (5 each, different preferences); every `image_every`-th one with an image."""
+             image_every: int = 2, image_per_item: bool = False) -> pd.DataFrame:
+    """Candidates of `users` rows (5 each, different preferences); every `image_every`-th one with an
+    image (the same one for an item when `image_per_item`, as in real data; else varied by user)."""
     image_token = getattr(model.processor, "image_token", None) if with_image else None
     rows = []
     for u in range(users):
@@ -43,7 +44,7 @@ def examples(model: models.LoadedModel, with_image: bool, users: int = 2, order:
                                                        image_token=image, order=order)
             rows.append({"split": "test", "user_id": f"u{u}", "target_pos": 5, "item_id": f"i{c}",
                          "label": int(c == 0), "prompt": recommender.chat_text(model.processor, messages),
-                         "image_path": f"{(u + c) % len(SIZES)}.png" if image else None})
+                         "image_path": f"{(c if image_per_item else u + c) % len(SIZES)}.png" if image else None})
     return pd.DataFrame(rows)
 
 
@@ -134,18 +135,62 @@ def test_unreadable_image_and_bad_method_fail_clearly(loaded, tmp_path):
         scoring.score_examples(model, ex, method="generate", progress=False)
 
 
-@pytest.mark.parametrize("which", ["tiny", "twin"])
-def test_the_papers_image_first_order_scores_exactly(loaded, twin_dir, image_root, which):
-    """[INST] <image> + preference + title + question: shared-prefix and batched scores equal one
-    forward per candidate, on the tiny VLM and on the twin (real LLaVA-1.6 processing)."""
+@pytest.fixture(scope="module")
+def twin_vlm(twin_dir):
     from msr_utils import twin
 
-    model = loaded["vlm"] if which == "tiny" else models.load(twin_dir / twin.VLM_DIR, kind="vlm")
-    ex = examples(model, with_image=True, users=1, order="image_first", image_every=1)  # images of 4 sizes
-    image_prompt = ex["prompt"][0]
-    assert image_prompt.removeprefix("<s>").startswith("[INST] <image>\nBased on the previous interaction")
+    return models.load(twin_dir / twin.VLM_DIR, kind="vlm")
+
+
+@pytest.mark.parametrize("which", ["tiny", "twin"])
+@pytest.mark.parametrize("image_every", [1, 2])  # every candidate with its cover / some text-only
+def test_the_papers_image_first_order_scores_exactly(loaded, twin_vlm, image_root, which, image_every):
+    """[INST] <image> + preference + title + question, the pairs of one candidate item grouped (the
+    image in their shared prefix): every method and grouping equals one forward per candidate, on the
+    tiny VLM and on the twin (real LLaVA-1.6 processing)."""
+    model = loaded["vlm"] if which == "tiny" else twin_vlm
+    ex = examples(model, with_image=True, users=3, order="image_first", image_every=image_every, image_per_item=True)
+    assert ex["prompt"][0].removeprefix("<s>").startswith("[INST] <image>\nBased on the previous interaction")
     reference = scoring.score_examples(model, ex, image_root=image_root, method="naive", batch_size=1, progress=False)
-    for kw in (dict(method="shared"), dict(method="naive", batch_size=5, padding_side="left")):
+    runs = [dict(order="image_first"), dict(order="image_first", batch_size=2), dict(order="user_first"),
+            dict(method="naive", batch_size=5, padding_side="left")]
+    for kw in runs:
         got = scoring.score_examples(model, ex, image_root=image_root, progress=False, **kw)
         np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0, err_msg=str(kw))
     assert np.ptp(reference) > 1e-6
+
+
+def test_image_first_groups_encode_each_cover_once(loaded, image_root):
+    model = loaded["vlm"]
+    ex = examples(model, with_image=True, users=3, order="image_first", image_every=1, image_per_item=True)
+    encoded = [scoring.encode(model, p, image_root / i) for p, i in zip(ex["prompt"], ex["image_path"])]
+    image_id = model.model.config.image_token_id
+    groups = {order: list(ex.groupby(cols, sort=False).indices.values())
+              for order, cols in scoring.GROUP_COLUMNS.items()}
+    naive = sum(len(e.ids) for e in encoded)
+    by_item = scoring.forwarded_tokens(encoded, groups["image_first"], image_id)
+    by_row = scoring.forwarded_tokens(encoded, groups["user_first"], image_id)
+    image_tokens = sum(e.ids.count(image_id) for e in encoded)
+    assert by_row > naive - image_tokens  # rows share no image: every cover is forwarded with each pair
+    assert by_item <= naive - image_tokens * 2 / 3  # 3 pairs per item: each cover forwarded once
+    one_item = [encoded[i] for i in groups["image_first"][0]]
+    n = scoring.prefix_length(one_item, image_id)
+    assert one_item[0].ids[:n].count(image_id) == one_item[0].ids.count(image_id)  # the whole cover
+    assert "preference can be summarized as" in model.tokenizer.decode(one_item[0].ids[:n])
+
+
+@pytest.mark.parametrize("which", ["tiny", "twin"])
+def test_encode_gives_the_processors_ids_and_processes_each_image_once(loaded, twin_vlm, image_root, which, monkeypatch):
+    model = loaded["vlm"] if which == "tiny" else twin_vlm
+    ex = examples(model, with_image=True, users=2, order="image_first", image_every=1, image_per_item=True)
+    for prompt, path in zip(ex["prompt"], ex["image_path"]):
+        with Image.open(image_root / path) as im:
+            real = model.processor(text=[prompt], images=[im.convert("RGB")],
+                                   add_special_tokens=not prompt.startswith(model.tokenizer.bos_token))
+        assert scoring.encode(model, prompt, image_root / path).ids == list(real["input_ids"][0])
+    calls = []
+    real_inputs = scoring.image_inputs
+    monkeypatch.setattr(scoring, "image_inputs", lambda *a: calls.append(a[1]) or real_inputs(*a))
+    scoring.score_examples(model, ex, image_root=image_root, order="image_first", progress=False)
+    per_item = ex.drop_duplicates("item_id")["image_path"]
+    assert sorted(calls) == sorted(image_root / p for p in per_item)  # once per item, not once per pair
