@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: env repro test lab bench clean
+.PHONY: env repro test results lab bench clean
 
 env: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ repro: env            ## run the whole pipeline on the embedded default (tiny pr
 
 test: env             ## unit tests, notebook runs and an end-to-end `dvc repro` in a temp copy
 	$(BIN)/python -m pytest
+
+results: env          ## print each dataset's result tables (results/<dataset>/results.md, comparison.md)
+	$(BIN)/python -m msr_utils.results
 
 lab: env              ## open the notebooks in JupyterLab
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,lab]'

@@ -30,6 +30,11 @@ class Base(_Section):
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
 
 
+def pipeline_check(profile: str) -> bool:
+    """Whether a profile's numbers only check the pipeline (random weights) and are not results."""
+    return profile == "tiny"
+
+
 class Data(_Section):
     source: Literal["sample", "full"] = "sample"
     download: bool = False
