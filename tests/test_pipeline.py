@@ -1,56 +1,40 @@
 """End to end: `dvc repro` of the whole pipeline in a temporary copy of the repository."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # whole pipeline: minutes, not a unit test
-BIN = Path(sys.executable).parent
 
 
-def sh(*cmd, cwd):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """The repo as git sees it (tracked + untracked, not ignored), committed in a fresh git."""
-    dest = tmp_path_factory.mktemp("repo")
-    files = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=ROOT).split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    sh("git", "init", "-q", cwd=dest)
-    sh("git", "add", "-A", cwd=dest)
-    sh("git", "commit", "-q", "-m", "copy", cwd=dest)
-    return dest
-
-
-def test_dvc_repro_then_status_is_clean(repo):
-    sh("dvc", "repro", cwd=repo)
-    assert "up to date" in sh("dvc", "status", cwd=repo)
-    for ds in yaml.safe_load((repo / "params.yaml").read_text())["base"]["datasets"]:
-        metrics = json.loads((repo / "results" / ds / "data_prep.json").read_text())
+def test_dvc_repro_then_status_is_clean(reproduced):
+    assert "up to date" in sh("dvc", "status", cwd=reproduced)
+    for ds in yaml.safe_load((reproduced / "params.yaml").read_text())["base"]["datasets"]:
+        metrics = json.loads((reproduced / "results" / ds / "data_prep.json").read_text())
         assert metrics["users"] > 0 and metrics["rows_test"] > 0
-        assert (repo / "results" / ds / "notebooks" / "01_data_prep.ipynb").is_file()
-    assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a second run does nothing
+        assert (reproduced / "results" / ds / "notebooks" / "01_data_prep.ipynb").is_file()
+    assert "Running stage" not in sh("dvc", "repro", cwd=reproduced)  # a second run does nothing
 
 
-def test_dvc_exp_run_with_a_param(repo):
+def test_executed_notebooks_show_progress_bars_as_widgets(reproduced):
+    """tqdm.auto draws widgets when ipywidgets is installed, else warns "IProgress not found"."""
+    notebooks = sorted(reproduced.glob("results/*/notebooks/*.ipynb"))
+    assert len(notebooks) == 6 * len(yaml.safe_load((reproduced / "params.yaml").read_text())["base"]["datasets"])
+    widgets = 0
+    for path in notebooks:
+        outputs = [o for c in nbformat.read(path, as_version=4).cells for o in c.get("outputs", [])]
+        assert "IProgress" not in json.dumps(outputs), f"{path.name}: tqdm could not draw a widget"
+        widgets += sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    assert widgets > 0
+
+
+def test_dvc_exp_run_with_a_param(reproduced, tmp_path):
+    repo = shutil.copytree(reproduced, tmp_path / "repo", symlinks=True)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-q", "-m", "repro", "--allow-empty", cwd=repo)
     # the data stage alone: enough to show -S reaches the notebook, without redoing every stage
