@@ -7,15 +7,19 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
+# `make lab` listens on LAB_IP:LAB_PORT (loopback by default); e.g. `make lab LAB_IP=0.0.0.0 LAB_PORT=9000`.
+LAB_IP   ?= 127.0.0.1
+LAB_PORT ?= 8888
+LAB_ARGS ?=
 
-.PHONY: env repro test lab bench gpu-test clean
+.PHONY: env repro test results lab bench gpu-test clean
 
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==25.3
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,lab]'
 	touch $@
 
 repro: env            ## run the whole pipeline on the embedded default (tiny profile, shipped sample)
@@ -24,9 +28,13 @@ repro: env            ## run the whole pipeline on the embedded default (tiny pr
 test: env             ## unit tests, notebook runs and an end-to-end `dvc repro` in a temp copy
 	$(BIN)/python -m pytest
 
-lab: env              ## open the notebooks in JupyterLab
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,lab]'
-	$(BIN)/jupyter lab notebooks/
+results: env          ## print each dataset's result tables (results/<dataset>/results.md, comparison.md)
+	$(BIN)/python -m msr_utils.results
+
+# --allow-root: containers and cloud notebooks run as root (no effect for other users);
+# --no-browser: works without a display; the URL with its token is printed.
+lab: env              ## JupyterLab on the repository (notebooks/, results/); LAB_ARGS: more jupyter options
+	$(BIN)/jupyter lab --no-browser --allow-root --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_ARGS)
 
 gpu-test:             ## GPU only: the CUDA tests, incl. the twin pipeline with 4-bit QLoRA + bf16 (own .venv-gpu)
 	$(PYTHON) -m venv .venv-gpu

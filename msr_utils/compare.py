@@ -26,9 +26,8 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     parts = [ours, base] + ([ablation] if len(ablation) else [])
     out = reported.side_by_side(pd.concat(parts, ignore_index=True), dataset, p["reported"])
     out = out.astype({"seed": "Int64", "n_groups": "Int64"})
-    path = params.root / "results" / dataset / "comparison.csv"
-    out.to_csv(path, index=False)
-    path.with_suffix(".md").write_text(f"# {dataset}: comparison (metrics x 100)\n\n{reported.NOTE}\n\n"
+    out.to_csv(p["comparison_csv"], index=False)
+    p["comparison_md"].write_text(f"# {dataset}: comparison (metrics x 100)\n\n{reported.NOTE}\n\n"
                                        + markdown_rows(out) + "\n")
     return out
 

@@ -48,6 +48,11 @@ class Base(_Section):
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
 
 
+def pipeline_check(profile: str) -> bool:
+    """Whether a profile's numbers only check the pipeline (random weights: tiny, twin) and are not results."""
+    return profile in ("tiny", "twin")
+
+
 class Data(_Section):
     source: Literal["sample", "full"] = "sample"
     download: bool = False
@@ -295,12 +300,6 @@ class Params(_Section):
     def models_in_use(self) -> ModelSet:
         """The model set of the active profile."""
         return getattr(self.models, self.base.profile)
-
-    @property
-    def random_weights(self) -> bool:
-        """Whether the active profile's models are random-initialised (tiny, twin): its numbers are a
-        pipeline check, not results."""
-        return self.base.profile in ("tiny", "twin")
 
 
 def find_root(start: Path | None = None) -> Path:

@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 
 from msr_utils import metrics, models, recommender, reported, scoring
-from msr_utils.config import Params
+from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
 
@@ -41,8 +41,6 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         **a,
         "metrics": results / "metrics.json",
         "scores": results / "scores.parquet",
-        "table_md": results / "results.md",
-        "table_csv": results / "results.csv",
         "hr_at_k": results / "hr_at_k",
         "plots": results / "plots",
         "reported": params.root / reported.FILE,
@@ -124,8 +122,8 @@ def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
 
 def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
     """Our metrics (x 100) per variant, the paper's reported numbers beside them (reported.py)."""
-    label = (f"pipeline check ({params.base.profile} random model), not a result" if params.random_weights
-             else "ours")
+    label = (f"pipeline check ({params.base.profile} random model), not a result"
+             if pipeline_check(params.base.profile) else "ours")
     rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], metric_keys(params))
             for v in variants(params)]
     table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"])
@@ -239,7 +237,7 @@ def candidates_of(scores: pd.DataFrame, items: pd.DataFrame, row: int = 0) -> pd
 def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
     """results.md: the table plus where the numbers come from."""
     note = (f"**Pipeline check, not results**: the {params.base.profile} profile scores with small "
-            "random-initialised models." if params.random_weights else f"Profile `{params.base.profile}`.")
+            "random-initialised models." if pipeline_check(params.base.profile) else f"Profile `{params.base.profile}`.")
     return (f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
             f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "

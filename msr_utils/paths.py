@@ -21,6 +21,7 @@ def require(path: Path, made_by: str, instead: str = "") -> Path:
 def artifacts(params: Params, dataset: str) -> dict[str, Path]:
     processed = params.path(params.data.out_dir) / dataset
     summaries = params.path("data/summaries") / dataset
+    results = params.root / "results" / dataset
     return {
         "processed": processed,
         **{name: processed / f"{name}.parquet" for name in ("interactions", "items", "train", "valid", "test")},
@@ -31,5 +32,10 @@ def artifacts(params: Params, dataset: str) -> dict[str, Path]:
         "adapter": params.path("data/adapters") / dataset,
         "checkpoints": params.path("data/checkpoints") / dataset,
         "cache": params.path("data/cache") / dataset,
-        "results": params.root / "results" / dataset,
+        "results": results,
+        # result tables: stage 05 writes results.*, stage 06 comparison.*; `make results` prints the .md
+        "table_md": results / "results.md",
+        "table_csv": results / "results.csv",
+        "comparison_md": results / "comparison.md",
+        "comparison_csv": results / "comparison.csv",
     }

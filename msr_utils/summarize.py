@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from msr_utils import prompts
 from msr_utils.cache import KEY, MODEL, PROMPT_HASH, ShardCache

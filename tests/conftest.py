@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +12,40 @@ from msr_utils import cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
+BIN = Path(sys.executable).parent  # the venv running the tests: dvc, papermill, jupyter
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(*cmd, cwd) -> str:
+    """Run a command with the venv first on PATH; its stdout, or a failed assertion showing the end
+    of both outputs."""
+    done = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def repo_copy(dest: Path) -> Path:
+    """The repo as git sees it (tracked + untracked, not ignored), committed in a fresh git at `dest`."""
+    files = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=ROOT).split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-q", "-m", "copy", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> Path:
+    """A repo copy after `dvc repro` (what `make repro` leaves), built once per session: minutes.
+    Read only; a test that changes it works on a copy (shutil.copytree(..., symlinks=True))."""
+    repo = repo_copy(tmp_path_factory.mktemp("repo"))
+    sh("dvc", "repro", cwd=repo)
+    return repo
 
 
 def new_project(root: Path) -> Path:

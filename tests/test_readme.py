@@ -1,0 +1,288 @@
+"""Every shell command in README.md works: each line of its ```bash blocks and each command in the
+Measured table's `command` column.
+
+Each command matches exactly one rule (RULES), which says how it is exercised: run as written (in the
+repository when it only reads; else in a copy of the `dvc repro`-ed repo that test_pipeline.py
+shares), checked without its costly part (`make -n`, an experiment queued, not run, `--help`), or marked
+`# GPU only` in README. A README command that no rule covers, or a rule that matches no command,
+fails. `.venv/bin/` in a command means the venv running the tests."""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import nbformat
+import pytest
+import tomllib
+import yaml
+
+from msr_utils.config import load_params
+from tests.conftest import BIN, ENV, ROOT, sh
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # shares test_pipeline's `dvc repro` (minutes)
+README = ROOT / "README.md"
+GPU = "GPU only"
+
+
+@dataclass(frozen=True)
+class Command:
+    text: str     # as a user types it (continuation lines joined), without the comment
+    comment: str  # what follows ` #`, if anything
+
+    def argv(self) -> str:
+        return self.text.replace(".venv/bin/", f"{BIN}/")
+
+
+def commands(markdown: str) -> list[Command]:
+    """Each line of a ```bash block (blank and comment-only lines skipped), then each `snippet` in the
+    `command` column of the Measured table."""
+    found = []
+    for block in re.findall(r"^```bash\n(.*?)^```", markdown, flags=re.S | re.M):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            hash_ = re.search(r"(^|\s)#", line)
+            text, comment = (line[:hash_.start()], line[hash_.end():]) if hash_ else (line, "")
+            if text.strip():
+                found.append(Command(" ".join(text.split()), comment.strip()))
+    rows = [r for r in measured_table(markdown).splitlines() if r.startswith("|")]
+    column = [c.strip() for c in rows[0].strip("|").split("|")].index("command")
+    for row in rows[2:]:
+        cell = row.strip("|").split(" | ")[column]
+        found += [Command(snippet, "") for snippet in re.findall(r"`([^`]+)`", cell)]
+    return found
+
+
+def measured_table(markdown: str) -> str:
+    return markdown.split("### Measured\n", 1)[1].split("\n#", 1)[0]
+
+
+# --- how each kind of command is exercised ------------------------------------------------------------
+
+def venv_is_current():
+    """make would rebuild .venv (the one running these tests) if pyproject.toml were newer."""
+    if subprocess.run(["make", "-q", "env"], cwd=ROOT, env=ENV).returncode != 0:
+        pytest.fail(".venv is older than pyproject.toml / constraints-cpu.txt: run `make env` first")
+
+
+def make_dry(command: Command, request) -> None:
+    """Costly make targets (`make repro`, `make test`: test_pipeline runs what they run): `make -n`."""
+    out = sh("bash", "-c", command.text.replace("make ", "make -n ", 1), cwd=ROOT)
+    target, *settings = command.text.split()[1:]
+    assert {"repro": "dvc repro", "test": "pytest", "lab": "jupyter lab"}[target] in out
+    for setting in settings:  # VAR=value reaches the recipe (e.g. --port=9000)
+        assert "=" + setting.split("=", 1)[1] + " " in out
+
+
+def make_results(command: Command, request) -> None:
+    """Reads only: as written, in the repository; each table as it is in results/, under its header."""
+    venv_is_current()
+    out = sh("bash", "-c", command.argv(), cwd=ROOT)
+    datasets = yaml.safe_load((ROOT / "params.yaml").read_text())["base"]["datasets"]
+    for ds in datasets:
+        assert f"==> {ds} (profile " in out
+        for name in ("results.md", "comparison.md"):
+            assert (ROOT / "results" / ds / name).read_text().strip() in out
+
+
+def activate(command: Command, request) -> None:
+    assert sh("bash", "-c", f"{command.argv()} && command -v dvc", cwd=ROOT).strip() == f"{BIN}/dvc"
+
+
+def run_in_workspace(command: Command, request) -> None:
+    """dvc commands that read, or rerun nothing, in the reproduced copy; a row per metric or per
+    experiment, short enough for a terminal."""
+    out = sh("bash", "-c", command.argv(), cwd=request.getfixturevalue("workspace"))
+    if command.text.startswith("dvc repro"):
+        assert "Running stage" not in out  # everything up to date after `dvc repro`
+        return
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) >= 3, out  # a markdown table: header, rule, rows
+    if "metrics diff" in command.text:  # a row per metric
+        assert len(table) > 10 and [c.strip() for c in table[0].split("|")[1:3]] == ["Path", "Metric"], out
+    if "exp show" in command.text:  # the timing columns dropped
+        assert not re.search(r"seconds|_per_s", table[0]), table[0]
+
+
+def exp_queued(command: Command, request) -> None:
+    """A sweep point reruns the pipeline (minutes): it is queued instead (dvc checks that each -S key
+    exists), each queued point's params pass msr_utils.config, and the queue is emptied; `--run-all`
+    is checked against the help."""
+    workspace = request.getfixturevalue("workspace")
+    first, *rest = command.text.split(" && ")
+    sh("bash", "-c", first if "--queue" in first else first.replace("exp run", "exp run --queue", 1), cwd=workspace)
+    try:
+        grid = [[(key, yaml.safe_load(v)) for v in values.split(",")]
+                for key, values in re.findall(r"-S (\S+?)=(\S+)", first)]
+        assert sh("dvc", "queue", "status", cwd=workspace).count("Queued") == len(list(itertools.product(*grid)))
+        for point in itertools.product(*grid):
+            load_params(workspace / "params.yaml", dict(point))
+    finally:
+        sh("dvc", "queue", "remove", "--all", cwd=workspace)
+    for then in rest:
+        assert then.split()[-1] in sh("dvc", "exp", "run", "--help", cwd=workspace)
+
+
+def run_in_copy(command: Command, request) -> None:
+    """Commands that write DVC outputs: as written, in a copy of the reproduced repo (`/tmp/` moved into
+    the test's folder); the fine-tuning CLI on a small cut (sft.limit: 8 training rows)."""
+    tmp = request.getfixturevalue("tmp_path")
+    repo = shutil.copytree(request.getfixturevalue("reproduced"), tmp / "repo", symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sft"]["limit"] = 8
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh("bash", "-c", command.argv().replace("/tmp/", f"{tmp}/"), cwd=repo)
+    if "papermill" in command.text:
+        executed = nbformat.read(tmp / command.text.split()[2].removeprefix("/tmp/"), as_version=4)
+        given = dict(zip(re.findall(r"-p (\S+)", command.text), re.findall(r"-p \S+ (\S+)", command.text)))
+        assert {k: str(v) for k, v in executed.metadata.papermill.parameters.items()} == given
+    else:
+        assert json.loads(out[re.search(r"^\{$", out, re.M).start():])["steps"] > 0  # the metrics it prints last
+
+
+def notebook_parameters(command: Command, request) -> None:
+    """A measurement on the full data (minutes): the notebook has every parameter the command sets."""
+    out = sh("papermill", "--help-notebook", command.text.split()[1], cwd=ROOT)
+    for name in re.findall(r"-p (\S+)", command.text):
+        assert f"  {name}:" in out
+
+
+def help_lists_flags(command: Command, request) -> None:
+    """Benchmarks (minutes) and the hub download (needs the hub): `--help` works and lists each flag used."""
+    out = sh("bash", "-c", " ".join(command.text.split()[:2]) + " --help", cwd=ROOT)
+    for flag in re.findall(r"\s(--[\w-]+)", command.text):
+        assert flag in out
+
+
+def pytest_collects(command: Command, request) -> None:
+    """This very suite runs it: collecting it checks the path."""
+    path = command.text.split()[1]
+    out = sh("python", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", path, cwd=ROOT)
+    assert f"{path}::test_" in out
+
+
+def ci_script(command: Command, request) -> None:
+    """CI builds a venv from scratch and runs `make test` (checked by make_dry): parse it, check that."""
+    sh("bash", "-n", command.text.split()[1], cwd=ROOT)
+    assert "make test" in (ROOT / command.text.split()[1]).read_text()
+
+
+def written_file(command: Command, request) -> None:
+    """A file a measurement is read from: `dvc repro` writes it."""
+    assert (request.getfixturevalue("reproduced") / command.text).is_file()
+
+
+def conda(command: Command, request) -> None:
+    """No conda here: the file it reads names the env it activates and installs this project's extras."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["name"] == command.text.split()[-1]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    extras = re.search(r"-e \.\[(.+)\]", " ".join(pip)).group(1).split(",")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(declared) and "lab" in extras
+
+
+def gpu_only(command: Command, request) -> None:
+    assert GPU in command.comment
+    pytest.skip(f"{GPU} (marked in README): not run here")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lab(command: Command, request) -> None:
+    """Starts for real, as whoever runs the tests (root in containers), on a free loopback port: prints
+    its URL with a token; then it is stopped."""
+    venv_is_current()
+    port, lines = free_port(), []
+    runtime = request.getfixturevalue("tmp_path")
+    proc = subprocess.Popen(["bash", "-c", f"{command.text} LAB_PORT={port}"], cwd=ROOT,
+                            env={**ENV, "JUPYTER_RUNTIME_DIR": str(runtime)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    url = re.compile(rf"http://127\.0\.0\.1:{port}/lab\?token=[0-9a-f]{{16,}}")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not url.search("".join(lines)):
+            time.sleep(0.5)
+        assert url.search("".join(lines)), f"no URL with a token:\n{''.join(lines)[-3000:]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # make, its shell and jupyter: one process group
+        proc.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str  # matches a whole command
+    exercise: Callable[[Command, pytest.FixtureRequest], None]
+
+
+RULES = [
+    Rule(r"make (repro|test)", make_dry),
+    Rule(r"make lab( LAB_\w+=\S+)+", make_dry),
+    Rule(r"make lab", start_lab),
+    Rule(r"make results", make_results),
+    Rule(r"source \.venv/bin/activate", activate),
+    Rule(r"dvc repro( \S+)?", run_in_workspace),
+    Rule(r"(\.venv/bin/)?dvc metrics (show|diff --all) --md (--targets )?\S+", run_in_workspace),
+    Rule(r"dvc exp show .*", run_in_workspace),
+    Rule(r"dvc exp run (--queue )?-S (?!base\.profile=paper)\S+( -S \S+)*( && dvc exp run --run-all)?", exp_queued),
+    Rule(r"\.venv/bin/papermill notebooks/\S+ /tmp/\S+ --cwd notebooks( -p \S+ \S+)+", run_in_copy),
+    Rule(r"python -m msr_utils\.sft --dataset \S+( --set \S+)*", run_in_copy),
+    Rule(r"papermill notebooks/\S+ out\.ipynb --cwd notebooks( -p \S+ \S+)+", notebook_parameters),
+    Rule(r"python benchmarks/bench_\w+\.py( --[\w-]+)*", help_lists_flags),
+    Rule(r"hf download \S+", help_lists_flags),
+    Rule(r"pytest tests/\S+\.py", pytest_collects),
+    Rule(r"bash \.ci/run", ci_script),
+    Rule(r"results/\S+\.json", written_file),
+    Rule(r"conda env create -f environment\.yml && conda activate \S+", conda),
+    Rule(r"python3\.11 -m venv \.venv && \.venv/bin/pip install -c constraints-gpu\.txt .*", gpu_only),
+    Rule(r"dvc exp run -S base\.profile=paper .*", gpu_only),
+    Rule(r"accelerate launch .*", gpu_only),
+]
+COMMANDS = commands(README.read_text())
+
+
+def rules_of(command: Command) -> list[Rule]:
+    return [r for r in RULES if re.fullmatch(r.pattern, command.text)]
+
+
+def test_each_command_has_one_rule_and_each_rule_a_command():
+    unmatched = [c.text for c in COMMANDS if len(rules_of(c)) != 1]
+    assert not unmatched, f"README commands matched by no rule or by several: {unmatched}"
+    stale = [r.pattern for r in RULES if not any(re.fullmatch(r.pattern, c.text) for c in COMMANDS)]
+    assert not stale, f"rules that match no README command: {stale}"
+    marked = {c.text for c in COMMANDS if GPU in c.comment}
+    assert marked == {c.text for c in COMMANDS if rules_of(c)[0].exercise is gpu_only}
+
+
+def test_contents_links_reach_a_heading():
+    """GitHub's anchors: a heading in lower case, punctuation but - dropped, spaces as -."""
+    text = README.read_text()
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    assert set(re.findall(r"\]\(#([^)]+)\)", text)) <= anchors
+
+
+@pytest.fixture(scope="module")
+def workspace(reproduced, tmp_path_factory):
+    """A copy of the reproduced repo that README's dvc commands run in (they queue experiments)."""
+    return shutil.copytree(reproduced, tmp_path_factory.mktemp("workspace") / "repo", symlinks=True)
+
+
+@pytest.mark.parametrize("text", dict.fromkeys(c.text for c in COMMANDS), ids=lambda t: t[:60])
+def test_readme_command_works(text, request):
+    command = next(c for c in COMMANDS if c.text == text)  # its first place in README
+    (rule,) = rules_of(command)
+    rule.exercise(command, request)
