@@ -83,3 +83,38 @@ def test_bad_profile_value_names_the_key(project):
     path = set_params(project, profiles={"paper": {"recommender": {"order": "sideways"}}})
     with pytest.raises(ConfigError, match=r"recommender\.order = 'sideways'"):
         load_params(path, {"base.profile": "paper"})
+
+
+def readme_table(heading: str) -> list[list[str]]:
+    """The rows (cells, backticks stripped) of the first table after `heading` in README.md."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading)
+    rows, inside = [], False
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            inside = True
+            rows.append([c.strip().strip("`") for c in line.strip().strip("|").split("|")])
+        elif inside:
+            break
+    return [r for r in rows[2:]]  # past the header and the |---| line
+
+
+def resolved(params, knob: str):
+    node = params.models_in_use if knob.startswith("models.*.") else params
+    for part in knob.removeprefix("models.*.").split("."):
+        node = getattr(node, part)
+    return node
+
+
+def test_readme_paper_settings_table_is_the_resolved_paper_and_tiny_profiles(project):
+    """README's table of the paper's settings: each row's paper and tiny values are what the profiles
+    resolve to, and every key a profile sets has a row."""
+    rows = readme_table("The paper's settings (`profile: paper`)")
+    paper, tiny = (load_params(project / "params.yaml", {"base.profile": p}) for p in ("paper", "tiny"))
+    for knob, paper_value, tiny_value, *_ in rows:
+        assert resolved(paper, knob) == yaml.safe_load(paper_value), knob
+        assert resolved(tiny, knob) == yaml.safe_load(tiny_value), knob
+    profiles = yaml.safe_load((project / "params.yaml").read_text())["profiles"]
+    set_by_profiles = set(profile_settings(profiles, "paper")) | set(profile_settings(profiles, "tiny"))
+    assert set_by_profiles <= {r[0] for r in rows}
+    assert {"models.*.vlm", "models.*.lm", "models.*.quantization"} <= {r[0] for r in rows}

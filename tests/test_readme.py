@@ -162,9 +162,9 @@ def help_lists_flags(command: Command, request) -> None:
 
 
 def pytest_collects(command: Command, request) -> None:
-    """This very suite runs it: collecting it checks the path."""
-    path = command.text.split()[1]
-    out = sh("python", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", path, cwd=ROOT)
+    """This very suite runs it: collecting it checks the path (and that `-k` selects a test)."""
+    path, *select = command.text.split()[1:]
+    out = sh("python", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", path, *select, cwd=ROOT)
     assert f"{path}::test_" in out
 
 
@@ -187,6 +187,22 @@ def conda(command: Command, request) -> None:
     extras = re.search(r"-e \.\[(.+)\]", " ".join(pip)).group(1).split(",")
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(extras) <= set(declared) and "lab" in extras
+
+
+def twin_facts(command: Command, request) -> None:
+    """Reads the twins `dvc repro` built: prints what they show about the official code."""
+    out = sh("bash", "-c", command.argv(), cwd=request.getfixturevalue("workspace"))
+    facts = json.loads(out[out.index("{"):])
+    assert facts["vlm_answer_ids_after_inst"] == {"Yes": 5592, "No": 1770}
+    assert facts["vlm_convert_tokens_to_ids"] == {"Yes": 5613, "No": 2501}
+
+
+def cost_report(command: Command, request) -> None:
+    """Reads the reproduced data and the twins: the paper profile's token count, stage by stage."""
+    out = sh("bash", "-c", command.argv(), cwd=request.getfixturevalue("workspace"))
+    for stage in ("02 item summaries", "03 user summaries", "04 fine-tuning", "image_first prompts: shared prefix"):
+        assert stage in out
+    assert "total GPU hours" in out
 
 
 def gpu_only(command: Command, request) -> None:
@@ -241,14 +257,17 @@ RULES = [
     Rule(r"\.venv/bin/papermill notebooks/\S+ /tmp/\S+ --cwd notebooks( -p \S+ \S+)+", run_in_copy),
     Rule(r"python -m msr_utils\.sft --dataset \S+( --set \S+)*", run_in_copy),
     Rule(r"papermill notebooks/\S+ out\.ipynb --cwd notebooks( -p \S+ \S+)+", notebook_parameters),
-    Rule(r"python benchmarks/bench_\w+\.py( --[\w-]+)*", help_lists_flags),
+    Rule(r"python benchmarks/bench_\w+\.py( --[\w-]+( \w+)?)*", help_lists_flags),
     Rule(r"hf download \S+", help_lists_flags),
-    Rule(r"pytest tests/\S+\.py", pytest_collects),
+    Rule(r"pytest tests/\S+\.py( -k \w+)?", pytest_collects),
     Rule(r"bash \.ci/run", ci_script),
     Rule(r"results/\S+\.json", written_file),
     Rule(r"conda env create -f environment\.yml && conda activate \S+", conda),
     Rule(r"python3\.11 -m venv \.venv && \.venv/bin/pip install -c constraints-gpu\.txt .*", gpu_only),
-    Rule(r"dvc exp run -S base\.profile=paper .*", gpu_only),
+    Rule(r"dvc exp run -S base\.profile=paper( .*)?", gpu_only),
+    Rule(r"make gpu-test", gpu_only),
+    Rule(r"python -m msr_utils\.twin data/models --facts", twin_facts),
+    Rule(r"python -m msr_utils\.cost --dataset \S+ --tokens-per-s \S+( --[\w-]+ \S+)*", cost_report),
     Rule(r"accelerate launch .*", gpu_only),
 ]
 COMMANDS = commands(README.read_text())
