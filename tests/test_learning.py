@@ -23,6 +23,7 @@ from msr_utils.data.schema import CANDIDATES, HISTORY, IMAGE_PATH, IMAGE_PLACEHO
 from msr_utils.paths import artifacts
 from tests.conftest import new_project, set_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # 54 s instead of 206 s on a busy 2-core box
 DATASET = "microlens50k"
 COLOUR, OTHERS = "red", ["blue", "green", "yellow"]  # one token each in the tiny tokenizer
 THINGS = ["shoe", "dress", "bag", "car", "book", "phone", "house", "tree"]
@@ -83,16 +84,6 @@ def colour_project(root, models_dir, **sections):
     pd.concat(prefs).to_parquet(p["preferences"])
     p["info"].write_text(json.dumps({"noun": "video", "neg_eval": NEG_TEST}))
     return params
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from a second thread; on a busy 2-core box two threads made this
-    module 4x slower (206 s vs 54 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
