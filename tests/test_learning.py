@@ -7,6 +7,10 @@ adapter saved) and stage 05 (`evaluate.run`: adapter reloaded, P(Yes) scoring, m
 unchanged on them. The random base model ranks the held-out test rows at chance, the fine-tuned
 one almost perfectly; patched runs show the check fails for the bugs that matter: labels shifted by
 one position, and P(Yes) read from another token than the one the model learns to emit.
+
+Every preference names the same colour. With a colour per user (the model must match the preference
+against the title) the 2-layer tiny model had learned nothing after 480 steps; one colour is learned
+in 30-60 of the 192 steps here.
 """
 
 import json
@@ -112,7 +116,7 @@ def test_fine_tuning_learns_what_zero_shot_cannot(learned, prompt):
     assert abs(zero["auc"] - 0.5) <= 0.15 and tuned["auc"] >= BAR and tuned["n_groups"] == ROWS["test"]
     assert tuned["answer_mass"] >= MASS > zero["answer_mass"]  # it answers with the tokens P(Yes) reads
     assert trained["train_with_image"] == (2 * ROWS["train"] if params.sft.candidate_image else 0)
-    assert trained["valid_auc_fine_tuned"] >= BAR and trained["valid_answer_mass_fine_tuned"] >= MASS  # stage 04's view
+    assert trained["valid_auc_fine_tuned"] >= BAR and trained["valid_answer_mass_fine_tuned"] >= MASS  # stage 04
     assert trained["train_loss_last"] < 0.8 and trained["eval_loss"] < 0.8  # Yes/No + end token learned
 
 
