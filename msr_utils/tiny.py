@@ -35,7 +35,8 @@ IMAGE_SIZE, PATCH_SIZE = 32, 8
 # Init std of the output head (transformers' default for every layer is 0.02). LoRA leaves the head
 # frozen, and at 0.02 with hidden size 64 no logit can rise above ~1.3: no token's probability can
 # pass ~0.004 and the answer loss cannot fall below ~5.6 however long it trains. At 0.2 the random
-# logits span a few units, like a trained LM's, and fine-tuning can learn to answer Yes/No.
+# logits span a few units, like a trained LM's, and fine-tuning can learn to answer Yes/No. Being a
+# positive rescaling, it leaves greedy generations and zero-shot rankings as they were.
 HEAD_STD = 0.2
 GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
