@@ -130,7 +130,7 @@ class UserSummary(_Section):
 
 class Sft(_Section):
     epochs: float = Field(1, gt=0)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)

@@ -90,17 +90,18 @@ def load_adapter(loaded: models.LoadedModel, adapter_dir: Path) -> models.Loaded
 
 
 def score_variant(params: Params, loaded: models.LoadedModel, examples: pd.DataFrame, variant: str,
-                  expect_size: int | None) -> tuple[pd.DataFrame, dict]:
-    """Scores of one model variant (SCORE_COLUMNS) and its metrics."""
+                  expect_size: int | None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Scores of one model variant (SCORE_COLUMNS) and its metrics, with the mean answer mass."""
     start = time.perf_counter()
     scores = scoring.score_examples(loaded, examples, image_root=params.root, batch_size=params.eval.batch_size,
-                                    order=params.recommender.order,
-                                    desc=variant)
+                                    order=params.recommender.order, progress=progress, desc=variant,
+                                    with_mass=True)
     seconds = time.perf_counter() - start
-    out = examples.assign(**{SCORE: scores, VARIANT: variant})
+    out = examples.assign(**{SCORE: scores[:, 0], VARIANT: variant})
     result = metrics.evaluate(out.assign(**{GROUP: group_ids(out)}), ks=params.eval.ks, group_col=GROUP,
                               expect_size=expect_size)
-    result |= {"model": loaded.model_ref, "seconds": round(seconds, 2),
+    result |= {"answer_mass": float(scores[:, 1].mean()),  # P(Yes) + P(No) of the whole vocabulary
+               "model": loaded.model_ref, "seconds": round(seconds, 2),
                "candidates_per_s": round(len(out) / max(seconds, 1e-9), 1)}
     return out[SCORE_COLUMNS], result
 

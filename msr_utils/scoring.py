@@ -1,7 +1,10 @@
 """P("Yes") scoring of recommender prompts: one forward pass per candidate, no generate().
 
 score = softmax over the (Yes, No) answer-token logits at the last prompt token (the answer
-position). The answer ids come from `recommender.answer_token_ids`, never hard-coded.
+position). The answer ids come from `recommender.answer_token_ids`, never hard-coded. The answer
+mass, P(Yes) + P(No) over the whole vocabulary at that position, says whether the scored tokens are
+the ones the model answers with (near 1 once it has learned the format; near 0 when scoring reads
+tokens the model never emits there, which leaves the AUC unpredictable, not necessarily low).
 
 Two exact paths over the same tokens:
 - `shared` (default): prompts that begin alike are grouped and their longest common token prefix
@@ -153,17 +156,19 @@ def _vision_batch(encoded: list[Encoded], dtype: torch.dtype, device: torch.devi
 
 def _p_yes(model, answers: tuple[int, int], ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
            **kwargs) -> np.ndarray:
-    """P(Yes) at column `last` of each row, from one forward pass that keeps only the needed logits."""
+    """(P(Yes), answer mass) at column `last` of each row, shape (batch, 2), from one forward pass that
+    keeps only the needed logits."""
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=last[:, None], use_cache="cache" in kwargs,
-                   **kwargs).logits  # (batch, 1, vocab): one position per row
-    pair = logits[:, 0, list(answers)].float()
-    return torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
+                   **kwargs).logits[:, 0].float()  # (batch, vocab): one position per row
+    p_yes = torch.softmax(logits[:, list(answers)], dim=-1)[:, 0]
+    mass = torch.softmax(logits, dim=-1)[:, list(answers)].sum(-1)
+    return torch.stack([p_yes, mass], dim=1).cpu().numpy()
 
 
 def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
                  batch_size: int = 21) -> np.ndarray:
-    """P(Yes) for prompts that begin alike (one group of GROUP_COLUMNS), their common prefix encoded
-    once (with its image, when `prefix_length` lets the prefix run through it)."""
+    """(P(Yes), answer mass) of prompts that begin alike (one group of GROUP_COLUMNS), their common
+    prefix encoded once (with its image, when `prefix_length` lets the prefix run through it)."""
     model, device = loaded.model, loaded.device
     image_id = getattr(loaded.model.config, "image_token_id", None)
     n_prefix = prefix_length(encoded, image_id)
@@ -189,7 +194,8 @@ def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int
 
 def score_naive(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
                 batch_size: int = 1, padding_side: str = "right") -> np.ndarray:
-    """P(Yes) of whole prompts, `batch_size` per forward padded on `padding_side` (the reference)."""
+    """(P(Yes), answer mass) of whole prompts, `batch_size` per forward padded on `padding_side` (the
+    reference)."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
     scores = []
@@ -209,10 +215,11 @@ def score_naive(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int,
 
 def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: str | Path = ".",
                    batch_size: int = 21, method: str = "shared", padding_side: str = "right",
-                   order: str = "user_first", progress: bool = True, desc: str = "scoring") -> np.ndarray:
+                   order: str = "user_first", progress: bool = True, desc: str = "scoring",
+                   with_mass: bool = False) -> np.ndarray:
     """P(Yes) for each row of `recommender.examples` output (prompt, image_path relative to
-    image_root), in row order. `shared` groups prompts by GROUP_COLUMNS[order] (the order the
-    prompts were built in)."""
+    image_root), in row order; with_mass: shape (rows, 2), P(Yes) and the answer mass. `shared`
+    groups prompts by GROUP_COLUMNS[order] (the order the prompts were built in)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     if order not in GROUP_COLUMNS:
@@ -220,7 +227,7 @@ def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: s
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     answers, root = answer_ids(loaded), Path(image_root)
-    scores = np.full(len(examples), np.nan)
+    scores = np.full((len(examples), 2), np.nan)
     positions = np.arange(len(examples))
     groups = (examples.groupby(GROUP_COLUMNS[order], sort=False).indices.values() if method == "shared"
               else np.array_split(positions, max(1, -(-len(examples) // batch_size))))
@@ -234,4 +241,4 @@ def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: s
                             else score_naive(loaded, encoded, answers, batch_size, padding_side))
             bar.update(len(rows))
     bar.close()
-    return scores
+    return scores if with_mass else scores[:, 0]

@@ -4,9 +4,10 @@
 Examples come from `recommender.examples`, the prompt builder stage 05 scores with, so training and
 scoring see the same text. Labels are -100 everywhere except the answer tokens and the end token the
 chat template puts after them (the token-level prefix check fails loudly if the template breaks it).
-Train: every train row's target + its negative (1:1). Valid (eval loss only): each row's target + one
-of its negatives drawn with base.seed, so the eval loss has the training class balance; ranking over
-all 20 negatives is stage 05's job.
+Train: every train row's target + its negative (1:1). Valid: each row's target + one of its negatives
+drawn with base.seed, so the eval loss has the training class balance; these pairs are also scored
+with stage 05's P(Yes) scorer before training (the base model) and after (the adapter), the view of
+whether fine-tuning learned anything. Ranking over all 20 negatives is stage 05's job.
 
 LoRA on every linear layer of the language model (never the vision tower nor the projector); 4-bit
 NF4 QLoRA when the profile asks for it (needs CUDA, `models.load` refuses otherwise); fp32 LoRA on
@@ -21,6 +22,7 @@ CLI (also under `accelerate launch -m msr_utils.sft ...` for DDP):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from msr_utils import models, prompts, recommender, summarize
+from msr_utils import evaluate, models, prompts, recommender, summarize
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
@@ -64,6 +66,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         "metrics": a["results"] / "sft.json",
         "curve": a["results"] / "sft_curve.csv",
         "plot": a["results"] / "sft_curve.png",
+        "valid_plot": a["results"] / "sft_valid_scores.png",
     }
 
 
@@ -370,6 +373,17 @@ def plot_curve(curve: pd.DataFrame, title: str = ""):
     return fig
 
 
+def valid_scores(params: Params, loaded: models.LoadedModel, model, valid: pd.DataFrame,
+                 variant: str) -> tuple[pd.DataFrame, dict]:
+    """P(Yes) of the valid pairs under `model` and their metrics (evaluate.score_variant, stage 05's
+    scorer). Before training the LoRA model is the base model (B = 0): score it as zero_shot then,
+    as fine_tuned after. Pairs that lost a side to sft.max_length are left out."""
+    complete = valid.groupby([USER, TARGET_POS])[recommender.LABEL].transform("nunique") == 2
+    model.eval()
+    return evaluate.score_variant(params, dataclasses.replace(loaded, model=model), valid[complete], variant,
+                                  expect_size=2, progress=False)
+
+
 def peak_memory_mb(on_cuda: bool) -> tuple[float, str]:
     if on_cuda:
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_memory_allocated"
@@ -382,14 +396,16 @@ class SftResult:
     curve: pd.DataFrame
     example: pd.DataFrame  # token_table of the first training example
     example_text: str  # masked_text of it
+    valid_scores: pd.DataFrame  # evaluate.SCORE_COLUMNS of the valid pairs, zero_shot and fine_tuned
     model: Any  # the trained PeftModel
     trainer: Trainer
 
 
 def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = None,
         progress: bool = True) -> SftResult:
-    """Fine-tune the profile's VLM on the dataset's train split; writes the adapter, the curve and
-    sft.json (rank 0). Resumes from data/checkpoints/<dataset> when it holds a run of the same setup."""
+    """Fine-tune the profile's VLM on the dataset's train split; writes the adapter, the curve, the
+    valid pairs' P(Yes) before and after, and sft.json (rank 0). Resumes from
+    data/checkpoints/<dataset> when it holds a run of the same setup."""
     p, seed = paths(params, dataset), params.base.seed
     on_cuda = torch.cuda.is_available()
     if on_cuda:  # one GPU per process under `accelerate launch`
@@ -405,6 +421,7 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     set_seed(seed)  # LoRA init does not depend on what ran before
     model = with_lora(loaded, params)
     trainable, total = model.get_nb_trainable_parameters()
+    before, before_metrics = valid_scores(params, loaded, model, valid, evaluate.ZERO_SHOT)
     args = training_args(params, p["checkpoints"], progress)
     with args.main_process_first(local=False, desc="checkpoint folder"):
         fingerprint = run_fingerprint(params, loaded.model_ref, args.world_size, train, valid)
@@ -427,15 +444,21 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     if last is None or last["step"] != trainer.state.global_step or pd.isna(last["eval_loss"]):
         trainer.evaluate()  # the last step was not an eval step
         curve = loss_curve(trainer.state.log_history)
-    train_losses = curve["train_loss"].dropna()
+    after, after_metrics = valid_scores(params, loaded, trainer.model, valid, evaluate.FINE_TUNED)
+    logged = curve.dropna(subset=["train_loss"])
+    train_losses = logged["train_loss"]
     memory, memory_kind = peak_memory_mb(on_cuda)
     metrics = {
         "steps": int(trainer.state.global_step), "epochs": float(params.sft.epochs),
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss_first": float(train_losses.iloc[0]) if len(train_losses) else None,
         "train_loss_last": float(train_losses.iloc[-1]) if len(train_losses) else None,
+        "train_loss_last_steps": int(logged["step"].diff().iloc[-1]) if len(logged) > 1 else len(logged),
         "train_loss_mean": float(out.training_loss) if counter.tokens else None,  # this session's steps
         "eval_loss": float(curve["eval_loss"].iloc[-1]),
+        "valid_auc_zero_shot": before_metrics["auc"], "valid_auc_fine_tuned": after_metrics["auc"],
+        "valid_answer_mass_zero_shot": before_metrics["answer_mass"],
+        "valid_answer_mass_fine_tuned": after_metrics["answer_mass"],
         "trainable_params": int(trainable), "total_params": int(total),
         "trainable_percent": round(100 * trainable / total, 4),
         "train_seconds": round(counter.seconds, 2),
@@ -448,14 +471,16 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     }
     example = token_table(collator, trainer.train_dataset[0])
     text = masked_text(example, loaded.tokenizer, getattr(loaded.processor, "image_token", None))
+    scores = pd.concat([before, after], ignore_index=True)
     if trainer.is_world_process_zero():
-        save_outputs(p, trainer, loaded, params, metrics, curve, dataset)
-    return SftResult(metrics, curve, example, text, trainer.model, trainer)
+        save_outputs(p, trainer, loaded, params, metrics, curve, scores, dataset)
+    return SftResult(metrics, curve, example, text, scores, trainer.model, trainer)
 
 
 def save_outputs(p: dict[str, Path], trainer: Trainer, loaded: models.LoadedModel, params: Params,
-                 metrics: dict, curve: pd.DataFrame, dataset: str) -> None:
-    """Adapter + processor + the settings they were trained with; curve csv/png; sft.json."""
+                 metrics: dict, curve: pd.DataFrame, scores: pd.DataFrame, dataset: str) -> None:
+    """Adapter + processor + the settings they were trained with; curve csv/png; valid P(Yes) png;
+    sft.json."""
     shutil.rmtree(p["adapter"], ignore_errors=True)
     trainer.model.save_pretrained(p["adapter"])
     loaded.processor.save_pretrained(p["adapter"])
@@ -465,9 +490,10 @@ def save_outputs(p: dict[str, Path], trainer: Trainer, loaded: models.LoadedMode
          "placeholder_images": params.item_summary.placeholder_images}, indent=2) + "\n")
     p["metrics"].parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(p["curve"], index=False)
-    fig = plot_curve(curve, f"{dataset}: LoRA fine-tuning")
-    fig.savefig(p["plot"], dpi=120)
-    plt.close(fig)
+    for fig, path in ((plot_curve(curve, f"{dataset}: LoRA fine-tuning"), p["plot"]),
+                      (evaluate.plot_scores(scores), p["valid_plot"])):
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
     p["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
 
 

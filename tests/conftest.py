@@ -83,6 +83,16 @@ def twin_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the tiny
+    models gain nothing from more, and on a busy 2-core box two threads made them 4-20x slower."""
+    from msr_utils.baselines.train import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def prepared_project(root: Path, model_seed: int, **sections):
     """A scratch project with the tiny models and stage 01 run on the first 20 users of the sample;
     `sections` update params.yaml first. Returns stage 01's result."""

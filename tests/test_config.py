@@ -54,7 +54,7 @@ def test_find_root_walks_up(project, monkeypatch):
 
 def test_profile_fills_what_the_sections_leave_out_and_a_section_key_wins(project):
     assert load_params(project / "params.yaml", {"base.profile": "paper"}).sft.lr == 2e-5
-    assert load_params(project / "params.yaml").sft.lr == 2e-4  # tiny
+    assert load_params(project / "params.yaml").sft.lr == 1e-3  # tiny
     assert load_params(project / "params.yaml", {"base.profile": "paper", "sft.lr": 1e-4}).sft.lr == 1e-4
     path = set_params(project, sft={"lr": 3e-4})  # what `dvc exp run -S sft.lr=3e-4` writes
     with pytest.warns(ProfileShadowWarning, match=r"sft\.lr = 0\.0003 .* wins over profile 'paper''s 2e-05"):

@@ -63,7 +63,7 @@ def test_run_writes_metrics_scores_tables_and_plots(ready):
     for variant in ("zero_shot", "fine_tuned"):
         numbers = {k: v for k, v in saved[variant].items() if isinstance(v, (int, float))}
         assert keys <= set(numbers) and not any(math.isnan(v) for v in numbers.values())
-        assert 0 <= saved[variant]["auc"] <= 1
+        assert 0 <= saved[variant]["auc"] <= 1 and 0 < saved[variant]["answer_mass"] < 1
     n_rows = len(pd.read_parquet(p["test"]))
     assert saved["zero_shot"]["n_groups"] == n_rows and saved["zero_shot"]["n_rows"] == 21 * n_rows
     assert saved["profile"] == "tiny" and saved["seed"] == params.base.seed

@@ -19,6 +19,8 @@ def test_dvc_repro_then_status_is_clean(reproduced):
         metrics = json.loads((reproduced / "results" / ds / "data_prep.json").read_text())
         assert metrics["users"] > 0 and metrics["rows_test"] > 0
         assert (reproduced / "results" / ds / "notebooks" / "01_data_prep.ipynb").is_file()
+        sft = json.loads((reproduced / "results" / ds / "sft.json").read_text())
+        assert sft["train_loss_last"] < 0.8 and sft["eval_loss"] < 0.8  # the answer format is learned
     assert "Running stage" not in sh("dvc", "repro", cwd=reproduced)  # a second run does nothing
 
 

@@ -82,6 +82,7 @@ def test_p_yes_is_the_softmax_of_the_two_answer_logits(loaded, image_root):
     model = loaded["vlm"]
     ex = examples(model, with_image=True, users=1)
     got = scoring.score_examples(model, ex, image_root=image_root, progress=False)
+    both = scoring.score_examples(model, ex, image_root=image_root, progress=False, with_mass=True)
     yes, no = scoring.answer_ids(model)
     for i in (0, 1):  # with and without an image
         enc = scoring.encode(model, ex["prompt"][i], image_root / ex["image_path"][i] if i == 0 else None)
@@ -89,7 +90,10 @@ def test_p_yes_is_the_softmax_of_the_two_answer_logits(loaded, image_root):
             logits = model.model(input_ids=torch.tensor([enc.ids]), **enc.vision).logits[0, -1]
         expected = torch.softmax(logits[[yes, no]], dim=-1)[0].item()
         assert got[i] == pytest.approx(expected, abs=1e-5)
-    assert ((got > 0) & (got < 1)).all()
+        mass = torch.softmax(logits, dim=-1)[[yes, no]].sum().item()  # share of the whole vocabulary
+        assert both[i, 1] == pytest.approx(mass, abs=1e-6)
+    np.testing.assert_array_equal(both[:, 0], got)
+    assert ((got > 0) & (got < 1)).all() and (both[:, 1] < 0.5).all()  # a random model rarely says Yes/No
 
 
 def test_answer_ids_come_from_the_recommender_in_context(loaded, image_root, monkeypatch):

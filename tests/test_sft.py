@@ -2,16 +2,19 @@
 
 import json
 import shutil
+from functools import partial
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from sklearn.metrics import roc_auc_score
 from transformers import TrainerCallback
 
-from msr_utils import models, prompts, recommender, sft
+from msr_utils import evaluate, models, prompts, recommender, scoring, sft
 from msr_utils.config import load_params
 from msr_utils.data.schema import ITEM
 from tests.conftest import prepared_project
@@ -145,6 +148,27 @@ def test_saved_adapter_reloads_with_the_same_logits(project, trained):
             untrained = base(**batch).logits
     torch.testing.assert_close(got, want)
     assert not torch.allclose(untrained, want, atol=1e-4)  # the adapter does change the output
+
+
+def test_valid_pairs_are_scored_by_the_base_model_then_the_adapter(project, trained):
+    """Stage 04's before/after view uses stage 05's scorer: zero_shot is the base model (the LoRA model
+    before its first step), fine_tuned the adapter as saved."""
+    loaded, params = loaded_and_params(project)
+    p = sft.paths(params, DATASET)
+    valid, _ = sft.build_examples(params, DATASET, loaded, "valid")
+    scores, m = trained.valid_scores, trained.metrics
+    assert list(scores.columns) == evaluate.SCORE_COLUMNS
+    zero, tuned = (scores[scores["variant"] == v].reset_index(drop=True) for v in ("zero_shot", "fine_tuned"))
+    for part in (zero, tuned):
+        pd.testing.assert_frame_equal(part[["user_id", "item_id", "label"]], valid[["user_id", "item_id", "label"]])
+    score = partial(scoring.score_examples, examples=valid, image_root=params.root, progress=False)
+    np.testing.assert_allclose(zero["score"], score(loaded), atol=1e-5)
+    np.testing.assert_allclose(tuned["score"], score(evaluate.load_adapter(loaded, p["adapter"])), atol=1e-5)
+    assert np.abs(zero["score"] - tuned["score"]).max() > 1e-3
+    assert m["valid_auc_zero_shot"] == pytest.approx(roc_auc_score(zero["label"], zero["score"]))
+    assert m["valid_auc_fine_tuned"] == pytest.approx(roc_auc_score(tuned["label"], tuned["score"]))
+    assert 0 < m["valid_answer_mass_zero_shot"] < m["valid_answer_mass_fine_tuned"] < 1  # 6 steps: learning
+    assert p["valid_plot"].stat().st_size > 0
 
 
 class StopAfterSave(TrainerCallback):

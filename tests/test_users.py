@@ -14,17 +14,9 @@ from msr_utils.data import split
 from msr_utils.data.schema import HISTORY, ITEM, SPLITS, TARGET, TARGET_POS, TITLE, USER, DataError
 from tests.conftest import ROOT, count_generate, shard_keys
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = UserSummary(block_size=3, batch_size=4, max_new_tokens=4)
 LENGTHS = {"u1": 8, "u2": 5, "u3": 3}  # items per user; loo rows at every position >= 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads; on a busy 2-core box they make it ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
