@@ -138,7 +138,8 @@ def run_in_copy(command: Command, request) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sft"]["limit"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh("bash", "-c", command.argv().replace("/tmp/", f"{tmp}/"), cwd=repo)
+    scratch = Command(command.text.replace(" /tmp/", f" {tmp}/"), "")  # the output notebook, not the venv path
+    out = sh("bash", "-c", scratch.argv(), cwd=repo)
     if "papermill" in command.text:
         executed = nbformat.read(tmp / command.text.split()[2].removeprefix("/tmp/"), as_version=4)
         given = dict(zip(re.findall(r"-p (\S+)", command.text), re.findall(r"-p \S+ (\S+)", command.text)))
