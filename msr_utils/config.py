@@ -5,9 +5,10 @@ parameters; `None` means "keep params.yaml") and fails with a message naming the
 
 Profiles: `profiles.<name>` in params.yaml is a partial params tree (same sections and keys);
 `base.profile` picks one and it fills every key that params.yaml's own sections leave out. A key
-set in a section (by hand, `dvc exp run -S`, or an override) wins over the profile, for every
-profile, with a warning naming both values. `extends: <profile>` starts a profile from another one
-(the twin is the paper with other model ids and a size cut).
+set in a section (by hand or `dvc exp run -S`) wins over the profile, for every profile, with a
+ProfileShadowWarning naming both values; an override wins silently (it is asked for now).
+`extends: <profile>` starts a profile from another one (the twin is the paper with other model ids
+and a size cut, SIZE_KEYS).
 """
 
 from __future__ import annotations
