@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import yaml
 
-from msr_utils import config, evaluate, reported, sft, users
+from msr_utils import evaluate, reported, scratch, sft, users
 from msr_utils.config import DATASETS, ConfigError, Params, load_params
 
 SCRATCH = "data/ablations"
@@ -56,15 +53,8 @@ def overrides(params: Params, variant: str) -> dict[str, Any]:
 
 def variant_params(params: Params, variant: str, root: Path) -> Params:
     """Write root/params.yaml (the main params.yaml + `overrides`) and load it: a project at `root`."""
-    tree = yaml.safe_load((params.root / "params.yaml").read_text()) or {}
-    for key, value in overrides(params, variant).items():
-        config._set_dotted(tree, key, value)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     try:
-        with warnings.catch_warnings():  # the variant's overrides win over the profile on purpose
-            warnings.simplefilter("ignore", config.ProfileShadowWarning)
-            return load_params(root / "params.yaml")
+        return scratch.params_at(params, root, overrides(params, variant))
     except ConfigError as err:
         raise ConfigError(f"ablation {variant!r}: {err}") from None
 
@@ -74,23 +64,12 @@ def shared_paths(params: Params, dataset: str) -> list[str]:
     return ["data/models", "data/cache", f"data/summaries/{dataset}/item_summaries.parquet", str(reported.FILE)]
 
 
-def _symlink(here: Path, target: Path) -> Path:
-    here.parent.mkdir(parents=True, exist_ok=True)
-    if here.is_symlink() or here.is_file():
-        here.unlink()
-    elif here.is_dir():
-        shutil.rmtree(here)
-    here.symlink_to(os.path.relpath(target, here.parent))
-    return here
-
-
 def link(main: Params, dataset: str, root: Path) -> list[Path]:
     """Symlink the shared inputs of the main project into `root`, and give it the dataset's
     processed folder with the splits cut to ablations.limit (the rest linked). Returns what to
     remove afterwards."""
     main.path("data/cache").mkdir(parents=True, exist_ok=True)
-    made = [_symlink(root / rel, main.path(rel).resolve()) for rel in shared_paths(main, dataset)
-            if main.path(rel).exists()]  # no data/models under the paper profile: hub ids need no link
+    made = scratch.link(main, root, shared_paths(main, dataset))  # no data/models under the paper profile
     source = main.path(main.data.out_dir) / dataset
     if not source.is_dir():
         raise FileNotFoundError(f"{source} not found: run stage 01 (data prep) for {dataset} first")
@@ -104,17 +83,9 @@ def link(main: Params, dataset: str, root: Path) -> list[Path]:
             pd.read_parquet(entry).head(n).to_parquet(here / entry.name, index=False)
             made.append(here / entry.name)
         else:
-            made.append(_symlink(here / entry.name, entry.resolve()))
+            made.append(scratch.symlink(here / entry.name, entry.resolve()))
     made.append(root / main.data.out_dir)
     return made
-
-
-def unlink(paths: list[Path]) -> None:
-    for path in paths:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
 
 
 def run(params: Params, dataset: str, variant: str, progress: bool = False) -> dict:
@@ -137,7 +108,7 @@ def run(params: Params, dataset: str, variant: str, progress: bool = False) -> d
         for fig in scored["figures"].values():
             plt.close(fig)
     finally:
-        unlink(links)
+        scratch.unlink(links)
         shutil.rmtree(vp.path("data/checkpoints"), ignore_errors=True)  # in the scratch root only
     scored_as = evaluate.variants(vp)[-1]  # fine_tuned unless the variant turned the adapter off
     result = {

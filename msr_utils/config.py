@@ -322,6 +322,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` arguments -> {dotted key: YAML-parsed value}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set sft.epochs=2)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _explain(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for e in err.errors():

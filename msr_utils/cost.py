@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from msr_utils import models, prompts, recommender, scoring, sft, summarize, users
+from msr_utils import config, models, prompts, recommender, scoring, sft, summarize, users
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, SPLITS, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, artifacts, require
@@ -216,12 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user-summary-tokens", type=int, help="assumed length (default: user_summary.max_new_tokens)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
-    overrides = {"base.profile": args.profile}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = {"base.profile": args.profile} | config.parse_sets(args.set)
     params = load_params(overrides=overrides)
     cover = tuple(int(x) for x in args.cover.lower().split("x")) if args.cover else None
     assume = Assumptions(args.item_summary_tokens or params.item_summary.max_new_tokens,

@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-import yaml
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from PIL import Image
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from msr_utils import evaluate, models, prompts, recommender, summarize
+from msr_utils import config, evaluate, models, prompts, recommender, summarize
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
@@ -504,12 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. --set sft.epochs=2 (repeatable)")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = config.parse_sets(args.set)
     result = run(load_params(args.params, overrides), args.dataset)
     if result.trainer.is_world_process_zero():
         print(json.dumps(result.metrics, indent=2))

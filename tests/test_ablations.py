@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from msr_utils import ablations, compare, evaluate, models, plots, prompts, users
+from msr_utils import ablations, compare, evaluate, models, plots, prompts, scratch, users
 from msr_utils.config import ConfigError, UserSummary, load_params
 from msr_utils.data.schema import ITEM, TARGET, TARGET_POS, USER
 from tests.conftest import set_params
@@ -112,7 +112,7 @@ def test_scratch_root_links_shared_inputs_cuts_splits_and_cleans_up(project):
     assert len(pd.read_parquet(here / "test.parquet")) == (cap.test_rows or 100)
     assert (here / "dataset.json").is_symlink() and (root / "data" / "models").is_symlink()
     assert (root / "data" / "cache").resolve() == (project / "data" / "cache").resolve()
-    ablations.unlink(made)
+    scratch.unlink(made)
     assert not (root / "data" / "processed").exists() and not (root / "data" / "models").exists()
     assert (processed / "train.parquet").is_file() and (project / "data" / "models").is_dir()
 

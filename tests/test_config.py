@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from msr_utils import config
 from msr_utils.config import ConfigError, ProfileShadowWarning, find_root, load_params, profile_settings
 from tests.conftest import ROOT, set_params
 
@@ -118,3 +119,10 @@ def test_readme_paper_settings_table_is_the_resolved_paper_and_tiny_profiles(pro
     set_by_profiles = set(profile_settings(profiles, "paper")) | set(profile_settings(profiles, "tiny"))
     assert set_by_profiles <= {r[0] for r in rows}
     assert {"models.*.vlm", "models.*.lm", "models.*.quantization"} <= {r[0] for r in rows}
+
+
+def test_parse_sets_reads_yaml_values_and_names_a_bad_item():
+    assert config.parse_sets(["sft.epochs=2", "baselines.models=[pop, gru4rec]", "eval.ks=[1, 5]"]) == {
+        "sft.epochs": 2, "baselines.models": ["pop", "gru4rec"], "eval.ks": [1, 5]}
+    with pytest.raises(ConfigError, match="'sft.epochs'.*KEY=VALUE"):
+        config.parse_sets(["sft.epochs"])
