@@ -47,6 +47,7 @@ class Base(_Section):
     seed: int = 2024
     profile: Literal[PROFILES] = "tiny"
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
+    threads: int = Field(1, ge=0)  # torch CPU threads in the model stages (models.load_profile); 0 = torch's default
 
 
 def pipeline_check(profile: str) -> bool:
@@ -145,6 +146,8 @@ class Sft(_Section):
     gradient_checkpointing: bool = False
     save_steps: int = Field(20, ge=1)
     logging_steps: int = Field(5, ge=1)
+    eval_points: int = Field(10, ge=1)  # most eval-loss evaluations in a run (never more often than save_steps)
+    eval_examples: int = Field(256, ge=0)  # valid examples in each (a seeded sample of rows); 0 = all
     candidate_summary: bool = True
     candidate_image: bool = True
     limit: int = Field(0, ge=0)  # training rows; 0 = all

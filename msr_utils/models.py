@@ -111,7 +111,10 @@ def load_profile(params, role: str) -> LoadedModel:
 
     A relative folder is resolved against the project root. The cache identity (`model_ref`) is
     the params string, plus a fingerprint of the weights for a local folder (a rebuilt tiny model
-    with another seed must not reuse the old model's cached generations)."""
+    with another seed must not reuse the old model's cached generations). Sets torch's CPU threads
+    to base.threads (0: left as they are) for the stage that loads it."""
+    if params.base.threads:
+        torch.set_num_threads(params.base.threads)
     chosen = params.models_in_use
     ref = getattr(chosen, role)
     local = params.path(ref)

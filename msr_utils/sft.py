@@ -7,7 +7,8 @@ chat template puts after them (the token-level prefix check fails loudly if the 
 Train: every train row's target + its negative (1:1). Valid: each row's target + one of its negatives
 drawn with base.seed, so the eval loss has the training class balance; these pairs are also scored
 with stage 05's P(Yes) scorer before training (the base model) and after (the adapter), the view of
-whether fine-tuning learned anything. Ranking over all 20 negatives is stage 05's job.
+whether fine-tuning learned anything. The eval loss is computed at most `sft.eval_points` times, on a
+seeded sample of `sft.eval_examples` of them, so its cost does not grow with the data. Ranking over all 20 negatives is stage 05's job.
 
 LoRA on every linear layer of the language model (never the vision tower nor the projector); 4-bit
 NF4 QLoRA when the profile asks for it (needs CUDA, `models.load` refuses otherwise); fp32 LoRA on
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -311,10 +313,32 @@ class TokenCount(TrainerCallback):
         self.seconds = time.perf_counter() - self.start
 
 
-def training_args(params: Params, folder: Path, progress: bool = True) -> TrainingArguments:
+def eval_steps(cfg, train_examples: int, world_size: int = 1) -> int:
+    """Steps between eval-loss evaluations: at most cfg.eval_points in the run, never more often
+    than cfg.save_steps (a fixed step interval would make eval cost grow with the square of the data)."""
+    batches = math.ceil(train_examples / (cfg.batch_size * world_size))
+    steps = math.ceil(math.ceil(batches / cfg.grad_accum) * cfg.epochs)
+    return max(cfg.save_steps, math.ceil(steps / cfg.eval_points))
+
+
+def eval_sample(valid: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The valid examples of a seeded sample of rows holding at most `n` examples (whole rows, so
+    the class balance stays); all of them when n is 0 or covers them."""
+    if not n or len(valid) <= n:
+        return valid
+    keys = valid[[USER, TARGET_POS]].drop_duplicates()
+    sizes = valid.groupby([USER, TARGET_POS]).size().reindex(pd.MultiIndex.from_frame(keys)).to_numpy()
+    order = np.random.default_rng(seed).permutation(len(keys))
+    keep = keys.iloc[order[np.cumsum(sizes[order]) <= n]]
+    return valid.merge(keep, on=[USER, TARGET_POS]).reset_index(drop=True)
+
+
+def training_args(params: Params, folder: Path, progress: bool = True, train_examples: int = 0,
+                  ) -> TrainingArguments:
     """Trainer settings from params.sft; bf16 (else fp16) autocast on CUDA, like models.load's dtype."""
     cfg, on_cuda = params.sft, torch.cuda.is_available()
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
     return TrainingArguments(
         output_dir=str(folder), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
@@ -323,7 +347,7 @@ def training_args(params: Params, folder: Path, progress: bool = True) -> Traini
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        eval_strategy="steps", eval_steps=cfg.save_steps,
+        eval_strategy="steps", eval_steps=eval_steps(cfg, train_examples, world_size),
         train_sampling_strategy="group_by_length", length_column_name=LENGTH, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", bf16=bf16, fp16=on_cuda and not bf16,
         seed=params.base.seed, data_seed=params.base.seed, report_to="none", disable_tqdm=not progress,
@@ -421,7 +445,7 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     model = with_lora(loaded, params)
     trainable, total = model.get_nb_trainable_parameters()
     before, before_metrics = valid_scores(params, loaded, model, valid, evaluate.ZERO_SHOT)
-    args = training_args(params, p["checkpoints"], progress)
+    args = training_args(params, p["checkpoints"], progress, len(train))
     with args.main_process_first(local=False, desc="checkpoint folder"):
         fingerprint = run_fingerprint(params, loaded.model_ref, args.world_size, train, valid)
         resume = (resume_point(p["checkpoints"], fingerprint) if args.process_index == 0
@@ -431,7 +455,7 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     counter = TokenCount()
     trainer = Trainer(model=model, args=args, data_collator=collator,
                       train_dataset=Dataset.from_pandas(train[columns]),
-                      eval_dataset=Dataset.from_pandas(valid[columns]),
+                      eval_dataset=Dataset.from_pandas(eval_sample(valid, params.sft.eval_examples, seed)[columns]),
                       callbacks=[counter, *(callbacks or [])])
     if not progress:
         trainer.remove_callback(PrinterCallback)  # no log dicts either; the curve has the losses

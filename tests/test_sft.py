@@ -232,3 +232,32 @@ def test_cli_passes_overrides(monkeypatch, project, capsys):
     monkeypatch.setattr(sft, "run", fake_run)
     sft.main(["--dataset", DATASET, "--set", "sft.lr=0.5"])
     assert seen == {"lr": 0.5, "dataset": DATASET} and json.loads(capsys.readouterr().out) == {"steps": 1}
+
+
+def test_eval_cost_stays_flat_as_the_data_grows():
+    """At most eval_points evaluations of at most eval_examples examples: the eval work of a run is
+    bounded, however many train rows (a fixed step interval over all valid pairs grows quadratically)."""
+    cfg = SimpleNamespace(batch_size=8, grad_accum=1, epochs=1, save_steps=20, eval_points=10)
+    assert sft.eval_steps(cfg, 480) == 20  # 60 steps: every save step, as before
+    assert sft.eval_steps(cfg, 22_916) == 287  # 2,865 steps: 10 evaluations, not 143
+    assert sft.eval_steps(SimpleNamespace(**{**vars(cfg), "grad_accum": 4, "epochs": 4}), 22_916) == 287
+    valid = pd.DataFrame({"user_id": np.repeat([f"u{i}" for i in range(500)], 2), "target_pos": 5,
+                          "label": np.tile([1, 0], 500)})
+    sample = sft.eval_sample(valid, 256, seed=0)
+    assert len(sample) == 256 and sample["label"].mean() == 0.5  # whole rows: the class balance stays
+    assert sample.groupby("user_id").size().eq(2).all()
+    assert sample["user_id"].nunique() == 128 and not sample.equals(valid.head(256))  # a seeded sample
+    assert sft.eval_sample(valid, 256, seed=0).equals(sample)
+    assert sft.eval_sample(valid, 0, seed=0) is valid
+
+
+def test_a_stage_runs_its_model_on_base_threads(project):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        loaded_and_params(project, **{"base.threads": 1})
+        assert torch.get_num_threads() == 1
+        loaded_and_params(project, **{"base.threads": 0})  # 0: left as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
