@@ -220,3 +220,14 @@ def test_cache_keeps_first_record_and_filters(tmp_path):
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith("part-")]
     with pytest.raises(ValueError, match="prompt_hash"):
         c.append([{"key": "a", "model": "m"}])
+
+
+def test_batches_cut_short_where_prompts_are_outliers():
+    lengths = [100] * 10 + [120] * 5 + [4000, 6000]  # length-sorted, two outliers at the end
+    requests = list(range(len(lengths)))
+    got = summarize.batches(requests, lengths, batch_size=4)
+    assert [r for b in got for r in b] == requests  # each request once, in order
+    assert [len(b) for b in got[:4]] == [4, 4, 4, 3]  # typical prompts: full batches (15 = 4+4+4+3)
+    assert got[-2:] == [[15], [16]]  # 2 x 6,000 > 4 x 2 x median (880): one outlier per batch
+    assert all(len(b) * max(lengths[r] for r in b) <= 4 * 2 * 100 for b in got[:4])
+    assert summarize.batches([], [], 4) == []
