@@ -209,3 +209,30 @@ def test_train_config_reads_params(project):
     cfg = TrainConfig.from_params(load_params(project / "params.yaml"))
     assert cfg.epochs == 40 and cfg.ks == (1, 5, 10) and cfg.threads == 1
 
+
+# ---- the full-data command (here on a small cut of the shipped sample) ----------------------------
+
+def test_full_command_writes_the_table_and_resumes_after_stage_01(tmp_path, capsys):
+    from msr_utils.baselines import full
+    from tests.conftest import new_project
+    (tmp_path / "project").mkdir()
+    main = new_project(tmp_path / "project")
+    out, work = tmp_path / "out", tmp_path / "scratch"
+    argv = ["--dataset", DS, "--params", str(main / "params.yaml"), "--out", str(out), "--scratch", str(work),
+            "--set", "data.limit_users=40", "--set", "baselines.epochs=1", "--set", "baselines.models=[pop,gru4rec]",
+            "--set", "baselines.seeds=2"]
+    full.main(argv)
+    per_seed = pd.read_csv(out / "baselines.csv")
+    assert per_seed[["name", "seed"]].values.tolist() == [["pop", 2024], ["gru4rec", 2024], ["gru4rec", 2025]]
+    saved = json.loads((out / "baselines.json").read_text())
+    assert (saved["users"], saved["test_rows"], saved["candidates"], saved["seeds"]) == (40, 4, 21, [2024, 2025])
+    md = (out / "baselines.md").read_text()
+    assert "a cut: 40 users" in md and "Tie rule" in md and "HR@10 rand." in md and "| pop (deterministic" in md
+    assert " ± " in md and "nan" not in md and "--set baselines.seeds=2" in md  # the command that regenerates it
+    train = work / "data" / "processed" / DS / "train.parquet"
+    made = train.stat().st_mtime_ns
+    full.main(argv)  # same settings: stage 01 is skipped, the numbers are the same
+    assert train.stat().st_mtime_ns == made and "stage 01: up to date" in capsys.readouterr().err
+    again = pd.read_csv(out / "baselines.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), per_seed.drop(columns="seconds"))
+    assert not full.prepared(load_params(work / "params.yaml", {"data.limit_users": 41}), DS)
