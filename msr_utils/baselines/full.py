@@ -74,7 +74,7 @@ def stage_01(params: Params, dataset: str) -> dict:
     else:
         for stale in (artifacts(params, dataset)["info"], done):  # written last: a kill leaves no false match
             stale.unlink(missing_ok=True)
-        print(f"stage 01: all users of {dataset} ...", file=sys.stderr)
+        print(f"stage 01: {dataset}, data.limit_users = {params.data.limit_users} (0 = all) ...", file=sys.stderr)
         prepare.run(params, dataset)
     return json.loads(done.read_text())
 
