@@ -179,6 +179,7 @@ BASELINES = ("pop", "gru4rec", "sasrec", "gru4rec_image", "gru4rec_summary", "gr
 
 class Baselines(_Section):
     models: list[Literal[BASELINES]] = list(BASELINES)
+    seeds: int = Field(3, ge=1)  # neural baselines train once per seed base.seed, base.seed + 1, ...
     epochs: int = Field(200, ge=1)  # most epochs; early stopping on valid usually ends sooner
     patience: int = Field(10, ge=1)  # epochs without a better valid score before stopping
     early_stop_metric: str = "auc"  # any metrics.evaluate key: auc | gauc | hr@10 | ndcg@10 | ...

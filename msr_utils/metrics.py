@@ -7,12 +7,17 @@ score; with `expect_size`, exactly that many candidates. Otherwise a ValueError 
 
 Ties are explicit:
 - HR@K, NDCG@K, MRR@K use the pessimistic rank of the positive, 1 + #negatives scoring >= it,
-  so a constant scorer ranks every positive last and gets no credit.
-- AUC and GAUC count a tied (positive, negative) pair as 0.5 (as sklearn's roc_auc_score).
+  so a constant scorer ranks every positive last and gets no credit (`ties="pessimistic"`, default).
+  With `ties="expected"` they are the exact expectation under a uniformly random order of the tied
+  candidates: the positive's rank is uniform over 1 + #above, ..., 1 + #above + #tied, so a constant
+  scorer gets HR@K = K / (group size). Without ties both rules agree.
+- AUC and GAUC count a tied (positive, negative) pair as 0.5 (as sklearn's roc_auc_score), which is
+  already the expectation under a random tie order: they are the same under both rules.
 
 AUC is pooled over all rows, as in the paper. GAUC is the uniform mean of per-group AUCs: each
 group holds one positive, so this is the click-weighted GAUC of DIN, and each user counts once,
-as in HR/NDCG/MRR. Metric functions of ranks share one signature: f(ranks, k) -> float.
+as in HR/NDCG/MRR. Metric functions of ranks share one signature: f(ranks, k, best=None) -> float
+(ranks: pessimistic ranks; best: the best rank each positive could take in its tie, when averaging).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from msr_utils.data.schema import USER, check_columns
 
 LABEL, SCORE = "label", "score"
 DEFAULT_KS = (1, 3, 5, 10)
+TIES = ("pessimistic", "expected")
 
 
 def _fail(groups: np.ndarray, bad: np.ndarray, group_col: str, problem: str) -> None:
@@ -80,42 +86,59 @@ def positive_ranks(
     return (1 + above + tied).astype(np.int64)
 
 
-def _mean_at_k(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarray]) -> float:
-    """Mean over groups of gain(rank) where rank <= k, else 0."""
-    ranks = np.asarray(ranks, dtype=float)
+def _mean_at_k(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarray],
+               best: np.ndarray | None = None) -> float:
+    """Mean over groups of gain(rank) where rank <= k, else 0. With `best`, each group's value is the
+    mean of that over the ranks best..ranks (a uniformly random order of the tied candidates)."""
+    worst = np.asarray(ranks)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    if ranks.size == 0 or (ranks < 1).any():
-        raise ValueError("ranks must be a non-empty array of 1-based ranks")
-    return float(np.mean(np.where(ranks <= k, gain(ranks), 0.0)))
+    if worst.size == 0 or (worst < 1).any() or (worst != np.round(worst)).any():
+        raise ValueError("ranks must be a non-empty array of 1-based integer ranks")
+    low = worst if best is None else np.asarray(best)
+    if low.shape != worst.shape or (low < 1).any() or (low > worst).any() or (low != np.round(low)).any():
+        raise ValueError("best must hold one 1-based integer rank per group, each <= its rank")
+    r = np.arange(1, min(k, int(worst.max())) + 1)  # the ranks that can score
+    in_tie = (r >= low[:, None]) & (r <= worst[:, None])  # (groups, ranks): exact, no sampling
+    return float(np.mean((in_tie * gain(r.astype(float))).sum(1) / (worst - low + 1)))
 
 
-def hit_rate(ranks: np.ndarray, k: int) -> float:
+def hit_rate(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """HR@K: share of groups whose positive ranks within the top k."""
-    return _mean_at_k(ranks, k, np.ones_like)
+    return _mean_at_k(ranks, k, np.ones_like, best)
 
 
-def ndcg(ranks: np.ndarray, k: int) -> float:
+def ndcg(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """NDCG@K with one positive: mean of 1 / log2(rank + 1) over hits (ideal DCG is 1)."""
-    return _mean_at_k(ranks, k, lambda r: 1.0 / np.log2(r + 1))
+    return _mean_at_k(ranks, k, lambda r: 1.0 / np.log2(r + 1), best)
 
 
-def mrr(ranks: np.ndarray, k: int) -> float:
+def mrr(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """MRR@K: mean of 1 / rank over hits."""
-    return _mean_at_k(ranks, k, np.reciprocal)
+    return _mean_at_k(ranks, k, np.reciprocal, best)
 
 
 def evaluate(
     df: pd.DataFrame, ks: Iterable[int] = DEFAULT_KS, group_col: str = USER, label_col: str = LABEL,
-    score_col: str = SCORE, expect_size: int | None = None,
+    score_col: str = SCORE, expect_size: int | None = None, ties: str = "pessimistic",
 ) -> dict[str, float]:
-    """All metrics: auc, gauc, hr@k, ndcg@k, mrr@k for k in ks, plus n_groups and n_rows."""
+    """All metrics: auc, gauc, hr@k, ndcg@k, mrr@k for k in ks, plus n_groups and n_rows. `ties`:
+    pessimistic (a tie ranks the positive last) | expected (mean over random orders of the tie)."""
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     n_neg, above, tied = _negatives_vs_positive(df, group_col, label_col, score_col, expect_size)
-    ranks = 1 + above + tied
+    ranks = (1 + above + tied).astype(np.int64)
+    best = (1 + above).astype(np.int64) if ties == "expected" else None
     out: dict[str, float] = {
         "auc": float(roc_auc_score(df[label_col].to_numpy(dtype=int), df[score_col].to_numpy(dtype=float))),
         "gauc": float(np.mean(1 - (above + 0.5 * tied) / n_neg)),  # per-group AUC, ties = 0.5
     }
     for k in ks:
-        out |= {f"hr@{k}": hit_rate(ranks, k), f"ndcg@{k}": ndcg(ranks, k), f"mrr@{k}": mrr(ranks, k)}
+        out |= {f"hr@{k}": hit_rate(ranks, k, best), f"ndcg@{k}": ndcg(ranks, k, best), f"mrr@{k}": mrr(ranks, k, best)}
     return out | {"n_groups": len(ranks), "n_rows": len(df)}
+
+
+def tied_share(df: pd.DataFrame, group_col: str = USER, label_col: str = LABEL, score_col: str = SCORE) -> float:
+    """Share of groups whose positive ties with at least one negative (where the two rules differ)."""
+    _, _, tied = _negatives_vs_positive(df, group_col, label_col, score_col, None)
+    return float(np.mean(tied > 0))

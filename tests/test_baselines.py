@@ -102,7 +102,7 @@ def test_early_stopping_on_a_cutoff_outside_eval_ks(project):
 
 
 def test_runner_writes_a_row_per_requested_baseline(project):
-    params = load_params(project / "params.yaml", {"baselines.epochs": 2})
+    params = load_params(project / "params.yaml", {"baselines.epochs": 2, "baselines.seeds": 1})
     table = run.run(params, DS)
     assert table["name"].tolist() == NAMES
     assert not table.isna().any().any()
@@ -112,6 +112,39 @@ def test_runner_writes_a_row_per_requested_baseline(project):
     assert saved["image_encoder"].startswith("efficientnet-lite0")
     assert saved["models"]["gru4rec_image"]["image_cache_hit"]  # features cached by the tests above
     assert pd.read_csv(project / "results" / DS / "baselines.csv")["name"].tolist() == NAMES
+
+
+def test_runner_trains_each_seed_and_reports_mean_and_spread(project):
+    params = load_params(project / "params.yaml", {"baselines.epochs": 1, "baselines.seeds": 2,
+                                                   "baselines.models": ["pop", "gru4rec"]})
+    table = run.run(params, DS).set_index("name")
+    per_seed = pd.read_csv(project / "results" / DS / "baselines.csv")
+    assert per_seed[["name", "seed"]].values.tolist() == [["pop", 2024], ["gru4rec", 2024], ["gru4rec", 2025]]
+    gru = per_seed[per_seed["name"] == "gru4rec"]
+    assert gru["auc"].nunique() == 2  # the seeds train different models
+    assert table.loc["gru4rec", "auc"] == pytest.approx(gru["auc"].mean())
+    assert table.loc["gru4rec", "auc_std"] == pytest.approx(gru["auc"].std(ddof=1))
+    assert table["n_seeds"].tolist() == [1, 2] and table.loc["pop", "auc_std"] == 0  # pop: deterministic, once
+    assert {"hr@5_expected", "tied_share"} <= set(table.columns)
+    saved = json.loads((project / "results" / DS / "baselines.json").read_text())["models"]["gru4rec"]
+    assert list(saved["runs"]) == ["2024", "2025"] and saved["auc"] == pytest.approx(table.loc["gru4rec", "auc"])
+    assert saved["std"]["auc"] == pytest.approx(table.loc["gru4rec", "auc_std"])
+
+
+def test_summary_by_hand():
+    per_seed = pd.DataFrame({"name": ["a", "b", "b", "b"], "seed": [1, 1, 2, 3], "auc": [0.5, 0.6, 0.7, 0.8],
+                             "n_groups": 10, "n_rows": 210, "seconds": [1.0, 1.0, 2.0, 3.0]})
+    out = run.summary(per_seed).set_index("name")
+    assert out.loc["b", ["auc", "auc_std", "n_seeds", "seeds", "seconds"]].tolist() == pytest.approx(
+        [0.7, 0.1, 3, "1 2 3", 6.0])
+    assert out.loc["a", ["auc", "auc_std", "n_seeds"]].tolist() == [0.5, 0.0, 1]
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5])
+def test_seeds_must_be_a_positive_int(project, seeds):
+    from msr_utils.config import ConfigError
+    with pytest.raises(ConfigError, match=r"baselines\.seeds"):
+        load_params(project / "params.yaml", {"baselines.seeds": seeds})
 
 
 def test_runner_rejects_an_unknown_baseline(project):
@@ -175,3 +208,31 @@ def test_pixel_stand_in_says_so(project):
 def test_train_config_reads_params(project):
     cfg = TrainConfig.from_params(load_params(project / "params.yaml"))
     assert cfg.epochs == 40 and cfg.ks == (1, 5, 10) and cfg.threads == 1
+
+
+# ---- the full-data command (here on a small cut of the shipped sample) ----------------------------
+
+def test_full_command_writes_the_table_and_resumes_after_stage_01(tmp_path, capsys):
+    from msr_utils.baselines import full
+    from tests.conftest import new_project
+    (tmp_path / "project").mkdir()
+    main = new_project(tmp_path / "project")
+    out, work = tmp_path / "out", tmp_path / "scratch"
+    argv = ["--dataset", DS, "--params", str(main / "params.yaml"), "--out", str(out), "--scratch", str(work),
+            "--set", "data.limit_users=40", "--set", "baselines.epochs=1", "--set", "baselines.models=[pop,gru4rec]",
+            "--set", "baselines.seeds=2"]
+    full.main(argv)
+    per_seed = pd.read_csv(out / "baselines.csv")
+    assert per_seed[["name", "seed"]].values.tolist() == [["pop", 2024], ["gru4rec", 2024], ["gru4rec", 2025]]
+    saved = json.loads((out / "baselines.json").read_text())
+    assert (saved["users"], saved["test_rows"], saved["candidates"], saved["seeds"]) == (40, 4, 21, [2024, 2025])
+    md = (out / "baselines.md").read_text()
+    assert "a cut: 40 users" in md and "Tie rule" in md and "HR@10 rand." in md and "| pop (deterministic" in md
+    assert " ± " in md and "nan" not in md and "--set baselines.seeds=2" in md  # the command that regenerates it
+    train = work / "data" / "processed" / DS / "train.parquet"
+    made = train.stat().st_mtime_ns
+    full.main(argv)  # same settings: stage 01 is skipped, the numbers are the same
+    assert train.stat().st_mtime_ns == made and "stage 01: up to date" in capsys.readouterr().err
+    again = pd.read_csv(out / "baselines.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), per_seed.drop(columns="seconds"))
+    assert not full.prepared(load_params(work / "params.yaml", {"data.limit_users": 41}), DS)

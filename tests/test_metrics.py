@@ -1,12 +1,14 @@
 """Ranking metrics: hand-computed cases, sklearn cross-checks, errors that name the group."""
 
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from msr_utils.metrics import evaluate, hit_rate, mrr, ndcg, positive_ranks
+from msr_utils.metrics import evaluate, hit_rate, mrr, ndcg, positive_ranks, tied_share
 
 
 def frame(groups: dict) -> pd.DataFrame:
@@ -160,3 +162,56 @@ def test_missing_column_and_group_id():
         evaluate(df.drop(columns="score"))
     with pytest.raises(ValueError, match="missing user_id"):
         evaluate(df.assign(user_id=[None, "a"]))
+
+
+# ---- ties: expected value under a random order of the tied candidates ---------------------------
+
+def test_expected_ties_by_hand():
+    # 2 negatives above, 3 tied: the positive's rank is uniform over 3..6
+    df = frame({"u": (0.5, [0.9, 0.8, 0.5, 0.5, 0.5, 0.1])})
+    pess, exp = evaluate(df, ks=(3, 6)), evaluate(df, ks=(3, 6), ties="expected")
+    assert pess["hr@3"] == 0 and exp["hr@3"] == 0.25
+    assert exp["hr@6"] == 1 and exp["mrr@6"] == pytest.approx((1 / 3 + 1 / 4 + 1 / 5 + 1 / 6) / 4)
+    assert exp["ndcg@3"] == pytest.approx(0.25 / np.log2(4))
+    assert exp["auc"] == pess["auc"] and exp["gauc"] == pess["gauc"]  # ties count 0.5 in both
+    assert hit_rate([6], 3, best=[3]) == 0.25 and hit_rate([6], 3) == 0
+
+
+def test_expected_ties_of_a_constant_scorer_are_chance():
+    df = frame({"a": (0.5, [0.5] * 20), "b": (0.5, [0.5] * 20)})
+    m = evaluate(df, ties="expected")
+    assert all(m[f"hr@{k}"] == pytest.approx(k / 21) for k in (1, 3, 5, 10))
+    assert m["mrr@10"] == pytest.approx(sum(1 / r for r in range(1, 11)) / 21)
+    assert tied_share(df) == 1.0
+
+
+def test_expected_equals_pessimistic_without_ties():
+    df = random_frame(100)  # continuous scores
+    assert evaluate(df, ties="expected") == evaluate(df)
+    assert tied_share(df) == 0.0
+
+
+def test_expected_ties_match_every_order_of_small_integer_scores():
+    """Brute force: the pessimistic metric averaged over every order of each group's tied candidates."""
+    rng = np.random.default_rng(3)
+    ks = (1, 2, 3, 5)
+    for trial in range(20):
+        scores = rng.integers(0, 3, size=(4, 6))  # 4 groups of 6 candidates, positive first: many ties
+        df = frame({f"g{i}": (s[0], list(s[1:])) for i, s in enumerate(scores)})
+        per_order = []
+        for i, s in enumerate(scores):
+            # break ties by a permutation of the candidates: every order of the tied ones, equally often
+            ranks = [1 + sum((s[j], p[j]) > (s[0], p[0]) for j in range(1, 6))
+                     for p in itertools.permutations(range(6))]
+            per_order.append(ranks)
+        want = {f"{name}@{k}": np.mean([f(np.array(ranks), k) for ranks in per_order])  # f means over orders
+                for name, f in (("hr", hit_rate), ("ndcg", ndcg), ("mrr", mrr)) for k in ks}
+        got = evaluate(df, ks=ks, ties="expected")
+        assert {key: got[key] for key in want} == pytest.approx(want), trial
+
+
+def test_unknown_tie_rule_and_bad_best():
+    with pytest.raises(ValueError, match="ties must be one of"):
+        evaluate(frame({"a": (0.9, [0.1])}), ties="optimistic")
+    with pytest.raises(ValueError, match="best must hold"):
+        hit_rate(np.array([2, 3]), 1, best=np.array([3, 1]))

@@ -162,6 +162,16 @@ def help_lists_flags(command: Command, request) -> None:
         assert flag in out
 
 
+def full_baselines(command: Command, request) -> None:
+    """All users (about half an hour): `--help` lists each flag used, and the committed table it writes
+    names this very command as the one that regenerates it."""
+    out = sh("python", "-m", "msr_utils.baselines.full", "--help", cwd=ROOT)
+    for flag in re.findall(r"\s(--[\w-]+)", command.text):
+        assert flag in out
+    dataset = re.search(r"--dataset (\S+)", command.text).group(1)
+    assert f"Regenerate: `{command.text}`" in (ROOT / "results" / dataset / "full_data" / "baselines.md").read_text()
+
+
 def pytest_collects(command: Command, request) -> None:
     """This very suite runs it: collecting it checks the path (and that `-k` selects a test)."""
     path, *select = command.text.split()[1:]
@@ -257,6 +267,7 @@ RULES = [
     Rule(r"dvc exp run (--queue )?-S (?!base\.profile=paper)\S+( -S \S+)*( && dvc exp run --run-all)?", exp_queued),
     Rule(r"\.venv/bin/papermill notebooks/\S+ /tmp/\S+ --cwd notebooks( -p \S+ \S+)+", run_in_copy),
     Rule(r"python -m msr_utils\.sft --dataset \S+( --set \S+)*", run_in_copy),
+    Rule(r"python -m msr_utils\.baselines\.full --dataset \S+( --set \S+)*", full_baselines),
     Rule(r"papermill notebooks/\S+ out\.ipynb --cwd notebooks( -p \S+ \S+)+", notebook_parameters),
     Rule(r"python benchmarks/bench_\w+\.py( --[\w-]+( \w+)?)*", help_lists_flags),
     Rule(r"hf download \S+", help_lists_flags),

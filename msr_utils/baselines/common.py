@@ -81,6 +81,17 @@ def long_table(rows: pd.DataFrame, scores: Sequence[np.ndarray]) -> pd.DataFrame
     })
 
 
-def evaluate_rows(rows: pd.DataFrame, scores: Sequence[np.ndarray], ks: Iterable[int]) -> dict[str, float]:
-    """`metrics.evaluate` on the rows' candidate scores, one group per row."""
-    return metrics.evaluate(long_table(rows, scores), ks=ks, group_col=GROUP)
+EXPECTED = "_expected"  # key suffix: HR/NDCG/MRR@K expected under a random order of the tied candidates
+
+
+def evaluate_rows(rows: pd.DataFrame, scores: Sequence[np.ndarray], ks: Iterable[int],
+                  both_ties: bool = False) -> dict[str, float]:
+    """`metrics.evaluate` on the rows' candidate scores, one group per row. With `both_ties`, also
+    `<metric>@K_expected` (random tie order; AUC/GAUC are the same under both) and `tied_share`."""
+    table = long_table(rows, scores)
+    out = metrics.evaluate(table, ks=ks, group_col=GROUP)
+    if both_ties:
+        expected = metrics.evaluate(table, ks=ks, group_col=GROUP, ties="expected")
+        out |= {k + EXPECTED: v for k, v in expected.items() if "@" in k}
+        out["tied_share"] = metrics.tied_share(table, GROUP)
+    return out

@@ -51,11 +51,13 @@ class TrainConfig:
     ks: tuple[int, ...] = (1, 3, 5, 10)
 
     @classmethod
-    def from_params(cls, params: Params) -> "TrainConfig":
+    def from_params(cls, params: Params, seed: int | None = None) -> "TrainConfig":
+        """The baselines section; `seed` (default base.seed) seeds the weights and the batch order."""
         b = params.baselines
         return cls(epochs=b.epochs, patience=b.patience, early_stop_metric=b.early_stop_metric, dim=b.dim,
                    layers=b.layers, heads=b.heads, dropout=b.dropout, lr=b.lr, weight_decay=b.weight_decay,
-                   batch_size=b.batch_size, max_len=b.max_len, threads=b.threads, seed=params.base.seed,
+                   batch_size=b.batch_size, max_len=b.max_len, threads=b.threads,
+                   seed=params.base.seed if seed is None else seed,
                    ks=tuple(params.eval.ks))
 
 
