@@ -38,10 +38,7 @@ from msr_utils.paths import artifacts
 
 SCRATCH = "data/full"
 MODELS = ["pop", "gru4rec", "sasrec", "gru4rec_title", "gru4rec_image"]
-# patience 3: on all of microlens50k the valid AUC of gru4rec flattens after ~10 epochs (best epoch 15 of
-# 25 run with patience 10, the same best with 3); each epoch is a 9,535-way softmax (6-11 s on one core)
-FULL = {"data.limit_users": 0, "data.protocol": "paper", "eval.limit": 0, "baselines.models": MODELS,
-        "baselines.patience": 3}
+FULL = {"data.limit_users": 0, "data.protocol": "paper", "eval.limit": 0, "baselines.models": MODELS}
 LABELS = {"pop": "pop (deterministic: one run)", "gru4rec_title": "gru4rec_title (MiniLM of titles)"}
 PLACEHOLDER_LABEL = "gru4rec_image (placeholder cards: title on a coloured card, no covers)"
 TIE_RULE = ("Tie rule: **pess.** ranks a positive tied with negatives below all of them (rank = 1 + #scoring "
