@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{users_}/{stage}"
             if key not in done:
                 print(f"== {users_ or 'all'} users: {stage}", flush=True)
-                done[key] = {"users": users_, **measure(stage, folder)}
-                record.write_text(json.dumps(done, indent=2) + "\n")
+                measured = {"users": users_, **measure(stage, folder)}
+                done = (json.loads(record.read_text()) if record.is_file() else {}) | {key: measured}
+                record.write_text(json.dumps(done, indent=2) + "\n")  # re-read: another run may have added records
     rows = [done[f"{u}/{s}"] for u in args.users for s in args.stages]
     table = pd.DataFrame(rows)[["users", "stage", "unit", "units", "seconds", "s_per_unit", "peak_rss_mb"]]
     totals = table.groupby("users", sort=False).agg(seconds=("seconds", "sum"), peak_rss_mb=("peak_rss_mb", "max"))
