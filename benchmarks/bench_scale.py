@@ -2,7 +2,8 @@
 users of the shipped MicroLens-50k sample (paper protocol), each point in its own scratch project.
 
 Each stage runs in its own process, through the stage code the notebooks call; per stage it prints
-the units processed, seconds, seconds per unit and the process's peak RSS, then how seconds per
+the units processed, seconds, seconds per unit and the peak RSS of the stage's processes together
+(stage 06 trains in worker processes: their sum, sampled every 0.2 s), then how seconds per
 unit grew from the first point to the last (the goal: at most 1.5x). Units: interactions kept
 (data prep), items summarised, LLM calls (user summaries), training examples x epochs (SFT),
 candidates scored, all variants (evaluation), train rows (baselines).
@@ -22,11 +23,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
@@ -74,16 +77,42 @@ def project(main: config.Params, folder: Path, users_: int, sets: dict) -> Path:
 
 
 def measure(stage: str, folder: Path) -> dict:
-    """Run `stage` of the project at `folder` in a child process: units, seconds, peak RSS."""
-    start = time.perf_counter()
+    """Run `stage` of the project at `folder` in a child process: units, seconds, peak RSS (the child
+    and its workers together)."""
+    start, stop, peak = time.perf_counter(), threading.Event(), [0]
     child = subprocess.Popen([sys.executable, __file__, "--child", stage, "--root", str(folder)], cwd=folder)
+    watcher = threading.Thread(target=tree_rss, args=(child.pid, stop, peak))
+    watcher.start()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
+    stop.set()
+    watcher.join()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"stage {stage} failed in {folder} (exit {os.waitstatus_to_exitcode(status)})")
     units = json.loads((folder / "bench" / f"{stage}.json").read_text())["units"]
+    rss = max(usage.ru_maxrss * 1024, peak[0])  # wait4: the largest single process; the sampled sum may miss a spike
     return {"stage": stage, "unit": UNIT[stage], "units": units, "seconds": round(seconds, 1),
-            "s_per_unit": seconds / units if units else float("nan"), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "s_per_unit": seconds / units if units else float("nan"), "peak_rss_mb": round(rss / 2**20)}
+
+
+def tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """peak[0] = the largest sum of the RSS of `pid` and its descendants, sampled every 0.2 s."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while not stop.wait(0.2):
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:  # ended between the listing and the reading
+                pass
+        peak[0] = max(peak[0], total)
 
 
 def growth(table: pd.DataFrame) -> pd.DataFrame:

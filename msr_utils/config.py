@@ -47,7 +47,7 @@ class Base(_Section):
     seed: int = 2024
     profile: Literal[PROFILES] = "tiny"
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
-    threads: int = Field(1, ge=0)  # torch CPU threads in the model stages (models.load_profile); 0 = torch's default
+    threads: int = Field(1, ge=0)  # torch CPU threads per process, every stage (msr_utils.threads); 0 = torch's default
 
 
 def pipeline_check(profile: str) -> bool:
@@ -191,7 +191,7 @@ class Baselines(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     max_len: int = Field(20, ge=1)  # most recent items a sequence model reads
-    threads: int = Field(1, ge=0)  # torch threads in this stage; 0 = torch's default
+    workers: int = Field(0, ge=0)  # processes running the (baseline, seed) runs at once; 0 = one per CPU core
     softmax_items: int = Field(2048, ge=0)  # sampled softmax over the targets + N items when the catalogue is larger; 0 = full
     image_encoder: Literal["efficientnet-lite0", "vgg19", "pixels-stand-in"] = "efficientnet-lite0"
     image_size: int = Field(128, ge=32)
@@ -317,7 +317,8 @@ def find_root(start: Path | None = None) -> Path:
     raise ConfigError(f"no params.yaml found in {here} or any parent folder")
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """tree["a"]["b"] = value for key "a.b" (sections made as needed; a non-section on the way: ConfigError)."""
     *parents, leaf = key.split(".")
     node = tree
     for p in parents:
@@ -380,7 +381,7 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
     in_file = _leaves({k: v for k, v in tree.items() if k != "profiles" and isinstance(v, dict)})
     explicit = {key: value for key, value in (overrides or {}).items() if value is not None}
     for key, value in explicit.items():
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     profiles = tree.get("profiles") or {}
     name = (tree.get("base") or {}).get("profile", Base().profile)
     if isinstance(profiles, dict) and isinstance(name, str):
@@ -388,7 +389,7 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
             if key in explicit:
                 continue
             if key not in in_file:
-                _set_dotted(tree, key, value)
+                set_dotted(tree, key, value)
             elif in_file[key] != value:
                 warnings.warn(f"{path}: {key} = {in_file[key]!r} (set in its section) wins over profile "
                               f"{name!r}'s {value!r}", ProfileShadowWarning, stacklevel=2)

@@ -24,6 +24,8 @@ from transformers import (
     BitsAndBytesConfig,
 )
 
+from msr_utils.threads import set_torch_threads
+
 KINDS = ("vlm", "lm")
 QUANTIZATIONS = (None, "4bit")
 
@@ -113,8 +115,7 @@ def load_profile(params, role: str) -> LoadedModel:
     the params string, plus a fingerprint of the weights for a local folder (a rebuilt tiny model
     with another seed must not reuse the old model's cached generations). Sets torch's CPU threads
     to base.threads (0: left as they are) for the stage that loads it."""
-    if params.base.threads:
-        torch.set_num_threads(params.base.threads)
+    set_torch_threads(params.base.threads)
     chosen = params.models_in_use
     ref = getattr(chosen, role)
     local = params.path(ref)

@@ -21,7 +21,7 @@ def params_at(main: Params, root: Path, overrides: dict[str, Any]) -> Params:
     purpose, without a warning) and load it: a project at `root`."""
     tree = yaml.safe_load((main.root / "params.yaml").read_text()) or {}
     for key, value in overrides.items():
-        config._set_dotted(tree, key, value)
+        config.set_dotted(tree, key, value)
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     with warnings.catch_warnings():

@@ -335,11 +335,11 @@ def eval_sample(valid: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def training_args(params: Params, folder: Path, progress: bool = True, train_examples: int = 0,
                   ) -> TrainingArguments:
-    """Trainer settings from params.sft; bf16 (else fp16) autocast on CUDA, like models.load's dtype."""
+    """Trainer settings from params.sft; bf16 (else fp16) autocast on CUDA, like models.load's dtype.
+    eval_steps is sized on the processes TrainingArguments itself sees (`world_size`)."""
     cfg, on_cuda = params.sft, torch.cuda.is_available()
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(folder), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -347,12 +347,14 @@ def training_args(params: Params, folder: Path, progress: bool = True, train_exa
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        eval_strategy="steps", eval_steps=eval_steps(cfg, train_examples, world_size),
+        eval_strategy="steps", eval_steps=cfg.save_steps,  # sized below, once world_size is known
         train_sampling_strategy="group_by_length", length_column_name=LENGTH, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", bf16=bf16, fp16=on_cuda and not bf16,
         seed=params.base.seed, data_seed=params.base.seed, report_to="none", disable_tqdm=not progress,
         use_cpu=not on_cuda,
     )
+    args.eval_steps = eval_steps(cfg, train_examples, args.world_size)
+    return args
 
 
 def run_fingerprint(params: Params, model_ref: str, world_size: int, *frames: pd.DataFrame) -> str:

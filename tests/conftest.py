@@ -87,7 +87,7 @@ def twin_dir(tmp_path_factory):
 def one_thread():
     """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the tiny
     models gain nothing from more, and on a busy 2-core box two threads made them 4-20x slower."""
-    from msr_utils.baselines.train import torch_threads
+    from msr_utils.threads import torch_threads
 
     with torch_threads(1):
         yield

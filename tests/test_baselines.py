@@ -7,6 +7,7 @@ learn something); only a model of the order can rank the one true next item firs
 """
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,27 @@ def test_runner_trains_each_seed_and_reports_mean_and_spread(project):
     saved = json.loads((project / "results" / DS / "baselines.json").read_text())["models"]["gru4rec"]
     assert list(saved["runs"]) == ["2024", "2025"] and saved["auc"] == pytest.approx(table.loc["gru4rec", "auc"])
     assert saved["std"]["auc"] == pytest.approx(table.loc["gru4rec", "auc_std"])
+
+
+def test_worker_processes_give_the_numbers_of_one_process(project):
+    """The runs are seeded one by one: 2 spawned workers (finishing in any order) = this process alone."""
+    tables = {}
+    for n in (1, 2):
+        params = load_params(project / "params.yaml", {"baselines.epochs": 2, "baselines.seeds": 2,
+                                                       "baselines.workers": n,
+                                                       "baselines.models": ["pop", "gru4rec", "gru4rec_title"]})
+        assert run.workers(params, 5) == n
+        run.run(params, DS)
+        tables[n] = pd.read_csv(project / "results" / DS / "baselines.csv")
+        assert json.loads((project / "results" / DS / "baselines.json").read_text())["workers"] == n
+    assert tables[1][["name", "seed"]].values.tolist() == [
+        ["pop", 2024], ["gru4rec", 2024], ["gru4rec", 2025], ["gru4rec_title", 2024], ["gru4rec_title", 2025]]
+    pd.testing.assert_frame_equal(tables[1].drop(columns="seconds"), tables[2].drop(columns="seconds"))
+
+
+def test_workers_default_to_the_cores_and_never_exceed_the_runs(project):
+    params = load_params(project / "params.yaml", {"baselines.workers": 0})
+    assert run.workers(params, 100) == len(os.sched_getaffinity(0)) and run.workers(params, 1) == 1
 
 
 def test_summary_by_hand():

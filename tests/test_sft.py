@@ -251,6 +251,13 @@ def test_eval_cost_stays_flat_as_the_data_grows():
     assert sft.eval_sample(valid, 0, seed=0) is valid
 
 
+def test_the_trainer_evaluates_on_the_bounded_interval(project, tmp_path):
+    params = load_params(project / "params.yaml", {"sft.batch_size": 8, "sft.grad_accum": 1, "sft.epochs": 1,
+                                                   "sft.save_steps": 20, "sft.eval_points": 10})
+    args = sft.training_args(params, tmp_path, progress=False, train_examples=22_916)
+    assert args.world_size == 1 and (args.eval_steps, args.save_steps) == (287, 20)
+
+
 def test_a_stage_runs_its_model_on_base_threads(project):
     before = torch.get_num_threads()
     try:

@@ -5,8 +5,9 @@ random order of tied candidates (`<metric>_expected`) and the share of rows with
 
 Each neural baseline trains once per seed (`baselines.seeds`: base.seed, base.seed + 1, ...); its
 frozen item features are computed once (cached under data/cache/<ds>/baselines/). Pop has no
-randomness: it runs once. `run` returns one row per baseline: the mean over its seeds, `<metric>_std`
-(sample std; 0 for one run) and n_seeds.
+randomness: it runs once. The runs share `baselines.workers` processes (0: one per core). `run`
+returns one row per baseline: the mean over its seeds, `<metric>_std` (sample std; 0 for one run)
+and n_seeds.
 
 Writes results/<ds>/baselines.csv (one row per baseline and seed) and results/<ds>/baselines.json
 (DVC metrics: per baseline the mean, `std` and each seed's run under `runs`; the encoders used).
@@ -14,8 +15,12 @@ Writes results/<ds>/baselines.csv (one row per baseline and seed) and results/<d
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing as mp
+import os
 import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +29,11 @@ from tqdm.auto import tqdm
 
 from msr_utils.baselines import features, gru4rec, pop, sasrec
 from msr_utils.baselines.common import Vocab, evaluate_rows
-from msr_utils.baselines.train import TrainConfig, torch_threads
+from msr_utils.baselines.train import TrainConfig
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, SPLITS, TITLE
 from msr_utils.paths import STAGE_02, artifacts, require
+from msr_utils.threads import set_torch_threads, torch_threads
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -76,9 +82,10 @@ def item_features(name: str, params: Params, items: pd.DataFrame, dataset: str) 
     raise ValueError(f"unknown baseline {name!r}")
 
 
-def make(name: str, params: Params, vocab: Vocab, feats: np.ndarray | None, seed: int | None = None):
-    """A fresh, untrained baseline seeded with `seed` (default base.seed)."""
-    cfg = TrainConfig.from_params(params, seed)
+def make(name: str, params: Params, vocab: Vocab, feats: np.ndarray | None, seed: int | None = None,
+         progress: bool = True):
+    """A fresh, untrained baseline seeded with `seed` (default base.seed); `progress`: its epoch bar."""
+    cfg = dataclasses.replace(TrainConfig.from_params(params, seed), progress=progress)
     if name == "pop":
         return pop.Pop()
     if name == "sasrec":
@@ -92,48 +99,94 @@ def build(name: str, params: Params, items: pd.DataFrame, vocab: Vocab, dataset:
     return make(name, params, vocab, feats, seed), info
 
 
+def workers(params: Params, jobs: int) -> int:
+    """Processes for `jobs` runs: baselines.workers, 0 = one per CPU core this process may use."""
+    return max(1, min(jobs, params.baselines.workers or len(os.sched_getaffinity(0))))
+
+
 def run(params: Params, dataset: str) -> pd.DataFrame:
     """Every requested baseline on one dataset, every seed; one row per baseline (mean over seeds,
-    spread); writes json + csv."""
-    with torch_threads(params.baselines.threads):
-        return _run(params, dataset)
+    spread); writes json + csv.
 
-
-def _run(params: Params, dataset: str) -> pd.DataFrame:
-    p, ks = paths(params, dataset), params.eval.ks
+    The (baseline, seed) runs go to `workers` processes (spawned; each with base.threads torch
+    threads): ID-only runs start at once, a feature model's runs once this process has its frozen
+    features. Every run is seeded on its own, so any number of workers gives the same numbers."""
+    p = paths(params, dataset)
     rows = {s: pd.read_parquet(p[s]) for s in SPLITS}
     if params.eval.limit:
         rows["test"] = rows["test"].head(params.eval.limit)
     items = pd.read_parquet(p["items"])
-    vocab = Vocab(items[ITEM])
-    per_seed, about = [], {}
-    bar = tqdm(total=sum(len(seeds(params, n)) for n in params.baselines.models), desc="baselines x seeds")
-    for name in params.baselines.models:
-        start = time.perf_counter()
-        feats, info = item_features(name, params, items, dataset)
-        about[name] = {**info, "feature_seconds": round(time.perf_counter() - start, 2), "runs": {}}
-        for seed in seeds(params, name):
-            start = time.perf_counter()
-            model = make(name, params, vocab, feats, seed)
-            fitted = model.fit(rows["train"], rows["valid"])
-            result = evaluate_rows(rows["test"], model.score(rows["test"]), ks, both_ties=True)
-            seconds = round(time.perf_counter() - start, 2)
-            per_seed.append({"name": name, "seed": seed, **result, "seconds": seconds})
-            about[name]["runs"][str(seed)] = {**result, **fitted, "seconds": seconds}
-            bar.set_postfix_str(f"{name} seed {seed}: auc {result['auc']:.3f}")
-            bar.update()
-    bar.close()
-    per_seed = pd.DataFrame(per_seed)
+    jobs = [(name, seed) for name in params.baselines.models for seed in seeds(params, name)]
+    n = workers(params, len(jobs))
+    pool = (Inline() if n == 1 else
+            ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_start,
+                                initargs=(params, rows, items[ITEM], False)))
+    about, futures, done = {}, {}, {}
+    bar = tqdm(total=len(jobs), desc=f"baselines x seeds ({n} {'process' if n == 1 else 'processes'})")
+    try:
+        with torch_threads(params.base.threads), pool:
+            if n == 1:
+                _start(params, rows, items[ITEM], True)
+            for name in params.baselines.models:
+                start = time.perf_counter()
+                feats, info = item_features(name, params, items, dataset)
+                about[name] = {**info, "feature_seconds": round(time.perf_counter() - start, 2), "runs": {}}
+                futures |= {pool.submit(_fit_seed, name, seed, feats): (name, seed) for seed in seeds(params, name)}
+            for future in as_completed(futures):
+                name, seed = futures[future]
+                done[name, seed] = future.result()
+                bar.set_postfix_str(f"{name} seed {seed}: auc {done[name, seed]['result']['auc']:.3f}")
+                bar.update()
+    finally:
+        _WORKER.clear()
+        bar.close()
+    per_seed = pd.DataFrame([{"name": name, "seed": seed, **done[name, seed]["result"],
+                              "seconds": done[name, seed]["seconds"]} for name, seed in jobs])
+    for name, seed in jobs:
+        about[name]["runs"][str(seed)] = {**done[name, seed]["result"], **done[name, seed]["fitted"],
+                                          "seconds": done[name, seed]["seconds"]}
     table = summary(per_seed)
     b = params.baselines
     out = {"models": {r["name"]: _block(r) | about[r["name"]] for r in table.to_dict("records")},
-           "seed": params.base.seed, "seeds": b.seeds,
+           "seed": params.base.seed, "seeds": b.seeds, "workers": n,
            "image_encoder": features.IMAGE_ENCODERS[b.image_encoder], "text_encoder": b.text_encoder,
            "test_rows": len(rows["test"]), "train_rows": len(rows["train"])}
     p["metrics"].parent.mkdir(parents=True, exist_ok=True)
     p["metrics"].write_text(json.dumps(_plain(out), indent=2) + "\n")
     per_seed.to_csv(p["table"], index=False)
     return table
+
+
+# --- the (baseline, seed) runs: in this process or in worker processes ------------------------------
+
+_WORKER: dict = {}  # what every run reads: params, rows, vocab, progress (set by _start)
+
+
+def _start(params: Params, rows: dict[str, pd.DataFrame], item_ids: pd.Series, progress: bool) -> None:
+    """A worker's (or this process's) shared inputs, once; its torch threads."""
+    _WORKER.update(params=params, rows=rows, vocab=Vocab(item_ids), progress=progress)
+    set_torch_threads(params.base.threads)
+
+
+def _fit_seed(name: str, seed: int, feats: np.ndarray | None) -> dict:
+    """One run: train `name` with `seed`, early-stop on valid, score the test rows."""
+    w, start = _WORKER, time.perf_counter()
+    model = make(name, w["params"], w["vocab"], feats, seed, progress=w["progress"])
+    fitted = model.fit(w["rows"]["train"], w["rows"]["valid"])
+    result = evaluate_rows(w["rows"]["test"], model.score(w["rows"]["test"]), w["params"].eval.ks, both_ties=True)
+    return {"result": result, "fitted": fitted, "seconds": round(time.perf_counter() - start, 2)}
+
+
+class Inline(Executor):
+    """An executor that runs each call at submit, in this process (one worker: no pool to start)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (handed to whoever reads the future, as a pool would)
+            future.set_exception(e)
+        return future
 
 
 def _block(row: dict) -> dict:

@@ -22,7 +22,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from msr_utils.baselines.common import Vocab, evaluate_rows, user_sequences
 from msr_utils.config import Params
 from msr_utils.data.schema import CANDIDATES, HISTORY
+from msr_utils.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 64
     max_len: int = 20
-    threads: int = 1  # torch intra-op threads while training/scoring; 0 = torch's default
+    threads: int = 1  # torch intra-op threads while training/scoring (base.threads); 0 = torch's default
     softmax_items: int = 0  # sampled softmax over the targets + this many items (0 = over every item)
     seed: int = 2024
     ks: tuple[int, ...] = (1, 3, 5, 10)
+    progress: bool = True  # the per-epoch bar (off in stage 06's worker processes)
 
     @classmethod
     def from_params(cls, params: Params, seed: int | None = None) -> "TrainConfig":
@@ -60,22 +61,9 @@ class TrainConfig:
         b = params.baselines
         return cls(epochs=b.epochs, patience=b.patience, early_stop_metric=b.early_stop_metric, dim=b.dim,
                    layers=b.layers, heads=b.heads, dropout=b.dropout, lr=b.lr, weight_decay=b.weight_decay,
-                   batch_size=b.batch_size, max_len=b.max_len, threads=b.threads, softmax_items=b.softmax_items,
+                   batch_size=b.batch_size, max_len=b.max_len, threads=params.base.threads, softmax_items=b.softmax_items,
                    seed=params.base.seed if seed is None else seed,
                    ks=tuple(params.eval.ks))
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run with n intra-op threads (0 = unchanged). Models this small gain nothing from more, and
-    on a busy 2-core machine two threads made a GRU step ~200x slower than one."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class IdItems(nn.Module):
@@ -197,7 +185,7 @@ def fit(model: SequentialModel, train: pd.DataFrame, valid: pd.DataFrame, vocab:
     best, best_state, best_epoch, history = -math.inf, None, 0, []
     metric, k = cfg.early_stop_metric, cfg.early_stop_metric.partition("@")[2]  # hr@K: K may not be in ks
     valid_ks = sorted(set(cfg.ks) | ({int(k)} if k else set()))
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, mininterval=1, leave=False)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, mininterval=1, leave=False, disable=not cfg.progress)
     for epoch in bar:
         start, total, n = time.perf_counter(), 0.0, 0
         model.train()
