@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 repro: env            ## run the whole pipeline on the embedded default (tiny profile, shipped sample)
 	$(BIN)/dvc repro
 
-test: env             ## unit tests, notebook runs and an end-to-end `dvc repro` in a temp copy
-	$(BIN)/python -m pytest
+test: env             ## unit tests, notebook runs and an end-to-end `dvc repro` in a temp copy; one process per core
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 results: env          ## print each dataset's result tables (results/<dataset>/results.md, comparison.md)
 	$(BIN)/python -m msr_utils.results

@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2+ test processes: one torch thread each, and
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # in what they start (2 threads on a busy 2-core box: 2-200x slower)
+
 import pandas as pd
 import pytest
 import yaml
@@ -37,6 +40,30 @@ def repo_copy(dest: Path) -> Path:
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "copy", cwd=dest)
     return dest
+
+
+REPRO_FILES = ("test_pipeline.py", "test_readme.py")  # the tests on the shared `reproduced` repo
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n N --dist loadfile` (`make test`): each test file runs on one worker, and the two
+    files on the shared `reproduced` repo on the same one, so its `dvc repro` runs once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRepro(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return REPRO_FILES[0] if Path(file).name in REPRO_FILES else file
+
+    return SharedRepro(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The shared-repo files first: the longest part of the suite (minutes of `dvc repro`), so with
+    xdist its worker starts at once and the others share the rest."""
+    items.sort(key=lambda item: item.path.name not in REPRO_FILES)
 
 
 @pytest.fixture(scope="session")
