@@ -20,7 +20,7 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     p = eval_paths(params, dataset)
     ours = pd.read_csv(p["table_csv"])
     keys = metric_keys(params)
-    base = pd.DataFrame([table_row(dataset, r["name"], BASELINE_SOURCE, params.base.profile, params.base.seed, r, keys)
+    base = pd.DataFrame([table_row(dataset, r["name"], baseline_source(r), params.base.profile, params.base.seed, r, keys)
                          for r in baseline_table.to_dict("records")], columns=ours.columns)
     ablation = ablation_rows(params, dataset, list(ours.columns))
     parts = [ours, base] + ([ablation] if len(ablation) else [])
@@ -30,6 +30,12 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     p["comparison_md"].write_text(f"# {dataset}: comparison (metrics x 100)\n\n{reported.NOTE}\n\n"
                                        + markdown_rows(out) + "\n")
     return out
+
+
+def baseline_source(row: dict) -> str:
+    """A baseline row's source: its metrics are the mean over its seeds (`seed` shows the first)."""
+    n = int(row.get("n_seeds", 1))
+    return BASELINE_SOURCE if n == 1 else f"{BASELINE_SOURCE}, mean of {n} seeds ({row['seeds']})"
 
 
 def brief(table: pd.DataFrame, metrics: tuple[str, ...] = ("auc", "gauc", "hr@5", "ndcg@5", "hr@10")) -> pd.DataFrame:
