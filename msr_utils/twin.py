@@ -147,17 +147,33 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
 
 # --- models ----------------------------------------------------------------------------------------
 
-def build_vlm(seed: int):
-    """LLaVA-NeXT (llava-v1.6-mistral-7b-hf) with 2-layer CLIP (hidden 32) and Mistral (hidden 64)."""
+# Layer sizes: the twin's (tiny, CPU-fast) and the checkpoint's own (config.json of llava-v1.6-mistral-7b-hf:
+# Mistral-7B text model, CLIP ViT-L/14-336 vision tower) for measuring the paper's shape on a GPU.
+VLM_SHAPES = {
+    "twin": ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "head_dim": 16},
+             {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "projection_dim": 32}),
+    "paper": ({"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "head_dim": 128},
+              {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "projection_dim": 768, "hidden_act": "quick_gelu"}),
+}
+
+
+def build_vlm(seed: int, shape: str = "twin"):
+    """LLaVA-NeXT (llava-v1.6-mistral-7b-hf) with random weights: shape "twin" = 2-layer CLIP (hidden
+    32) and Mistral (hidden 64); "paper" = the checkpoint's sizes (7.57 B parameters: build it on a GPU)."""
+    if shape not in VLM_SHAPES:
+        raise ValueError(f"shape={shape!r}: expected one of {tuple(VLM_SHAPES)}")
+    text_size, vision_size = VLM_SHAPES[shape]
     tokenizer = mistral_tokenizer()
     text = MistralConfig(
-        vocab_size=MISTRAL_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=32768,
+        vocab_size=MISTRAL_VOCAB, **text_size, max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-5,
         sliding_window=None, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+    vision = CLIPVisionConfig(**vision_size, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     config = LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=GRID_PINPOINTS, vision_feature_select_strategy="default", vision_feature_layer=-2,

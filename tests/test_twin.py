@@ -209,3 +209,14 @@ def test_facts_about_the_official_code(twin_dir):
     assert f["official_close_tag_tokens"] == ["▁[\\", "INST", "]", "▁Yes"]
     assert f["template_close_tag_tokens"] == ["▁[", "/", "INST", "]", "▁Yes"]
     assert f["lm_hello_world"] == [9906, 1917] and f["lm_generation_eos_ids"] == [128001, 128009]
+
+
+def test_the_paper_shape_has_the_checkpoints_parameter_count():
+    """bench_paper_shape's model: llava-v1.6-mistral-7b-hf's sizes (7.57 B parameters on its model
+    card), built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model, processor = twin.build_vlm(0, "paper")
+    assert sum(p.numel() for p in model.parameters()) == 7_566_747_648
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == 32000
+    with pytest.raises(ValueError, match="shape='huge'"):
+        twin.build_vlm(0, "huge")
