@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param of the paper profile (e.g. sft.gradient_checkpointing=true)")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available() and (args.shape == "paper" or set(args.precision) - {"none"}):
+        parser.error(f"--shape {args.shape} --precision {' '.join(args.precision)} needs CUDA (the paper shape "
+                     "is 30 GB in fp32); on CPU: --shape twin --precision none")
     sets = config.parse_sets(args.set)
     params = config.load_params(ROOT / "params.yaml", {"base.profile": "paper"} | sets)  # the paper's LoRA and lr
     in_memory = Path("/dev/shm").is_dir() and shutil.disk_usage("/dev/shm").free > 40e9  # room for 15 GB of bf16
