@@ -166,6 +166,7 @@ class Eval(_Section):
     batch_size: int = Field(21, ge=1)
     adapter: bool = True  # also score with the fine-tuned adapter (else zero-shot only)
     zero_shot: bool = True  # also score the base model (the ablations score their adapter only)
+    workers: int = Field(0, ge=0)  # on CPU, processes scoring the variants at once; 0 = one per variant (<= cores)
 
     @model_validator(mode="after")
     def _something_to_score(self):

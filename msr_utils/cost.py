@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from msr_utils.paths import STAGE_01, artifacts, require
 WORDS = ("bright colorful dark calm funny short detailed kitchen food chef car house tree phone book shoe bag red "
          "blue green yellow black white pink orange purple brown cooking travel music dance comedy animals news "
          "fashion beauty games sports cats dogs city night people smiling text large letters background").split()
+CHUNK = 1024  # prompts tokenized at a time
 KINDS = ("prompt", "generated", "trained")  # tokens read in a forward, written by generate, fed to training
 
 
@@ -59,8 +61,12 @@ def encode_counted(loaded: models.LoadedModel, prompts_: list[str], n_image: lis
     marker = getattr(loaded.processor, "image_token", None)
     image_id = tok.convert_tokens_to_ids(marker) if marker else None
     special = sft.add_special(tok, prompts_[0]) if prompts_ else False
-    return [scoring.Encoded(ids if image is None else scoring.expand_image(ids, image_id, n), image=image)
-            for ids, n, image in zip(tok(prompts_, add_special_tokens=special)["input_ids"], n_image, images)]
+    out = []
+    for start in range(0, len(prompts_), CHUNK):  # ids kept as int32 arrays: ~9x less memory than lists of ints
+        ids = tok(prompts_[start:start + CHUNK], add_special_tokens=special)["input_ids"]
+        out += [scoring.Encoded(array("i", i if image is None else scoring.expand_image(i, image_id, n)), image=image)
+                for i, n, image in zip(ids, n_image[start:start + CHUNK], images[start:start + CHUNK])]
+    return out
 
 
 def cover_tokens(loaded: models.LoadedModel, items: pd.DataFrame, root: Path, assume: Assumptions) -> pd.Series:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
+from tqdm.auto import tqdm
 
 from msr_utils import metrics, models, recommender, reported, scoring
 from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
+from msr_utils.threads import processes
 
 VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
 ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
@@ -104,6 +108,16 @@ def score_variant(params: Params, loaded: models.LoadedModel, examples: pd.DataF
                "model": loaded.model_ref, "seconds": round(seconds, 2),
                "candidates_per_s": round(len(out) / max(seconds, 1e-9), 1)}
     return out[SCORE_COLUMNS], result
+
+
+def score_apart(params: Params, dataset: str, variant: str, examples: pd.DataFrame,
+                expect_size: int | None) -> tuple[pd.DataFrame, dict]:
+    """score_variant in a process of its own: the profile's model (+ the adapter for fine_tuned)."""
+    torch.manual_seed(params.base.seed)
+    loaded = models.load_profile(params, "vlm")
+    if variant == FINE_TUNED:
+        loaded = load_adapter(loaded, paths(params, dataset)["adapter"])
+    return score_variant(params, loaded, examples, variant, expect_size, progress=False)
 
 
 def group_ids(df: pd.DataFrame) -> pd.Series:
@@ -190,12 +204,21 @@ def run(params: Params, dataset: str) -> dict:
     expect_size = 1 + json.loads(p["info"].read_text())["neg_eval"]
 
     result: dict = {}
-    parts = []
-    for variant in variants(params):
-        if variant == FINE_TUNED:
-            loaded = load_adapter(loaded, p["adapter"])
-        scores, result[variant] = score_variant(params, loaded, examples, variant, expect_size)
-        parts.append(scores)
+    names = variants(params)
+    n = 1 if loaded.device.type != "cpu" else processes(params.eval.workers, len(names))
+    if n == 1:
+        parts = []
+        for variant in names:
+            if variant == FINE_TUNED:
+                loaded = load_adapter(loaded, p["adapter"])
+            scores, result[variant] = score_variant(params, loaded, examples, variant, expect_size)
+            parts.append(scores)
+    else:  # one spawned process per variant, each loading its own model: the same scores, side by side
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(score_apart, params, dataset, variant, examples, expect_size) for variant in names]
+            done = [f.result() for f in tqdm(futures, desc=f"variants ({n} processes)")]
+        parts = [scores for scores, _ in done]
+        result |= {variant: metrics_ for variant, (_, metrics_) in zip(names, done)}
     scores = pd.concat(parts, ignore_index=True)
     settings = {"dataset": dataset, "split": SPLIT, "profile": params.base.profile, "seed": params.base.seed,
                 "vlm": params.models_in_use.vlm, "ks": list(params.eval.ks),

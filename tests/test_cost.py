@@ -44,7 +44,7 @@ def test_counted_ids_equal_the_processors(twins, tmp_path):
         prompt = recommender.chat_text(vlm.processor, messages)
         real = scoring.encode(vlm, prompt, tmp_path / "cover.png")
         counted = cost.encode_counted(vlm, [prompt], [1948], ["cover"])[0]
-        assert counted.ids == real.ids
+        assert list(counted.ids) == real.ids
 
 
 def test_stand_ins_have_the_assumed_length_and_differ(twins):

@@ -89,6 +89,21 @@ def test_run_writes_metrics_scores_tables_and_plots(ready):
     assert len(out["example"]) == 21 and out["example"]["label"].sum() == 1
 
 
+def test_variants_scored_in_two_processes_equal_one_process(ready):
+    """eval.workers 2: each variant in a spawned process with its own model; the same scores and metrics."""
+    write_adapter(ready)
+    runs = {}
+    for n in (1, 2):
+        params = load_params(ready / "params.yaml", {"eval.workers": n, "eval.limit": 4})
+        metrics_ = evaluate.run(params, DATASET)["metrics"]
+        runs[n] = (pd.read_parquet(evaluate.paths(params, DATASET)["scores"]),
+                   {v: {k: x for k, x in metrics_[v].items() if k not in ("seconds", "candidates_per_s")}
+                    for v in ("zero_shot", "fine_tuned")})
+    pd.testing.assert_frame_equal(runs[1][0], runs[2][0])
+    assert runs[1][1] == runs[2][1]
+    assert runs[2][1]["fine_tuned"]["model"].endswith("-lora")  # the worker applied the adapter
+
+
 def test_missing_adapter_fails_naming_path_and_fix(ready):
     params = load_params(ready / "params.yaml")
     with pytest.raises(FileNotFoundError, match=r"data/adapters/microlens50k.*stage 04.*eval.adapter: false"):

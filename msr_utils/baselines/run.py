@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -33,7 +32,7 @@ from msr_utils.baselines.train import TrainConfig
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, SPLITS, TITLE
 from msr_utils.paths import STAGE_02, artifacts, require
-from msr_utils.threads import set_torch_threads, torch_threads
+from msr_utils.threads import processes, set_torch_threads, torch_threads
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -101,7 +100,7 @@ def build(name: str, params: Params, items: pd.DataFrame, vocab: Vocab, dataset:
 
 def workers(params: Params, jobs: int) -> int:
     """Processes for `jobs` runs: baselines.workers, 0 = one per CPU core this process may use."""
-    return max(1, min(jobs, params.baselines.workers or len(os.sched_getaffinity(0))))
+    return processes(params.baselines.workers, jobs)
 
 
 def run(params: Params, dataset: str) -> pd.DataFrame:
