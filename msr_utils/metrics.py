@@ -88,8 +88,14 @@ def positive_ranks(
 
 def _mean_at_k(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarray],
                best: np.ndarray | None = None) -> float:
-    """Mean over groups of gain(rank) where rank <= k, else 0. With `best`, each group's value is the
-    mean of that over the ranks best..ranks (a uniformly random order of the tied candidates)."""
+    """Mean over groups of `_at_k`."""
+    return float(np.mean(_at_k(ranks, k, gain, best)))
+
+
+def _at_k(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarray],
+          best: np.ndarray | None = None) -> np.ndarray:
+    """Per group, gain(rank) where rank <= k, else 0. With `best`, each group's value is the mean of
+    that over the ranks best..ranks (a uniformly random order of the tied candidates)."""
     worst = np.asarray(ranks)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -100,22 +106,26 @@ def _mean_at_k(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarra
         raise ValueError("best must hold one 1-based integer rank per group, each <= its rank")
     r = np.arange(1, min(k, int(worst.max())) + 1)  # the ranks that can score
     in_tie = (r >= low[:, None]) & (r <= worst[:, None])  # (groups, ranks): exact, no sampling
-    return float(np.mean((in_tie * gain(r.astype(float))).sum(1) / (worst - low + 1)))
+    return (in_tie * gain(r.astype(float))).sum(1) / (worst - low + 1)
+
+
+GAINS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hr": np.ones_like, "ndcg": lambda r: 1.0 / np.log2(r + 1), "mrr": np.reciprocal}
 
 
 def hit_rate(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """HR@K: share of groups whose positive ranks within the top k."""
-    return _mean_at_k(ranks, k, np.ones_like, best)
+    return _mean_at_k(ranks, k, GAINS["hr"], best)
 
 
 def ndcg(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """NDCG@K with one positive: mean of 1 / log2(rank + 1) over hits (ideal DCG is 1)."""
-    return _mean_at_k(ranks, k, lambda r: 1.0 / np.log2(r + 1), best)
+    return _mean_at_k(ranks, k, GAINS["ndcg"], best)
 
 
 def mrr(ranks: np.ndarray, k: int, best: np.ndarray | None = None) -> float:
     """MRR@K: mean of 1 / rank over hits."""
-    return _mean_at_k(ranks, k, np.reciprocal, best)
+    return _mean_at_k(ranks, k, GAINS["mrr"], best)
 
 
 def evaluate(
@@ -136,6 +146,21 @@ def evaluate(
     for k in ks:
         out |= {f"hr@{k}": hit_rate(ranks, k, best), f"ndcg@{k}": ndcg(ranks, k, best), f"mrr@{k}": mrr(ranks, k, best)}
     return out | {"n_groups": len(ranks), "n_rows": len(df)}
+
+
+def per_group(
+    df: pd.DataFrame, ks: Iterable[int] = DEFAULT_KS, group_col: str = USER, label_col: str = LABEL,
+    score_col: str = SCORE, expect_size: int | None = None,
+) -> pd.DataFrame:
+    """Each group's own value of every metric but the pooled AUC (index: the group ids, sorted; columns
+    gauc, hr@k, ndcg@k, mrr@k; pessimistic ties): `evaluate` reports their means. The bootstrap over
+    groups (msr_utils.intervals) resamples these rows."""
+    n_neg, above, tied = _negatives_vs_positive(df, group_col, label_col, score_col, expect_size)
+    ranks = (1 + above + tied).astype(np.int64)
+    out = {"gauc": 1 - (above + 0.5 * tied) / n_neg}
+    for k in ks:
+        out |= {f"{m}@{k}": _at_k(ranks, k, GAINS[m]) for m in ("hr", "ndcg", "mrr")}
+    return pd.DataFrame(out, index=pd.Index(np.sort(df[group_col].unique()), name=group_col))
 
 
 def tied_share(df: pd.DataFrame, group_col: str = USER, label_col: str = LABEL, score_col: str = SCORE) -> float:
