@@ -160,6 +160,13 @@ class Recommender(_Section):
     order: Literal["user_first", "image_first"] = "user_first"
 
 
+class Intervals(_Section):
+    """Stages 05-06: 95% intervals from a seeded bootstrap over test groups, paired permutation tests
+    (msr_utils.intervals); seeded with base.seed."""
+    resamples: int = Field(2000, ge=100)  # bootstrap replicates and permutations, each
+    level: float = Field(0.95, gt=0.5, lt=1.0)
+
+
 class Eval(_Section):
     limit: int = Field(0, ge=0)  # test rows; 0 = all
     ks: list[int] = [1, 3, 5, 10]
@@ -167,6 +174,7 @@ class Eval(_Section):
     adapter: bool = True  # also score with the fine-tuned adapter (else zero-shot only)
     zero_shot: bool = True  # also score the base model (the ablations score their adapter only)
     workers: int = Field(0, ge=0)  # on CPU, processes scoring the variants at once; 0 = one per variant (<= cores)
+    intervals: Intervals = Intervals()
 
     @model_validator(mode="after")
     def _something_to_score(self):

@@ -5,9 +5,10 @@ Variants: `zero_shot` (the profile's base VLM; eval.zero_shot) and, with eval.ad
 (first 100 users, generate() per candidate, pooled AUC over reshape(-1, 21)), every test row is
 scored and candidates are grouped explicitly by their row (metrics.evaluate).
 
-Writes under results/<dataset>/: metrics.json (DVC metrics), scores.parquet (one row per
-candidate and variant), results.md / results.csv (ours, with the paper's reported numbers beside
-the same variant: msr_utils/reported.py),
+Writes under results/<dataset>/: metrics.json (DVC metrics: point values), scores.parquet (one row
+per candidate and variant), results.md / results.csv (ours, each metric with its 95% bootstrap
+interval over test groups (msr_utils/intervals.py), the paper's reported numbers beside the same
+variant (msr_utils/reported.py), and fine_tuned - zero_shot paired on the same groups),
 hr_at_k/<variant>.csv (DVC plots: k, hr) and plots/*.png.
 """
 
@@ -26,7 +27,7 @@ import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from msr_utils import metrics, models, recommender, reported, scoring
+from msr_utils import intervals, metrics, models, recommender, reported, scoring, tables
 from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
@@ -45,6 +46,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         **a,
         "metrics": results / "metrics.json",
         "scores": results / "scores.parquet",
+        "paired_csv": results / "paired.csv",  # stage 06: fine_tuned against every row (compare.py)
         "hr_at_k": results / "hr_at_k",
         "plots": results / "plots",
         "reported": params.root / reported.FILE,
@@ -135,14 +137,38 @@ def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def results_table(params: Params, dataset: str, result: dict) -> pd.DataFrame:
-    """Our metrics (x 100) per variant, the paper's reported numbers beside them (reported.py)."""
+def results_table(params: Params, dataset: str, result: dict, scored: dict[str, intervals.Scored]) -> pd.DataFrame:
+    """Our metrics (x 100) per variant with their intervals, the paper's numbers beside them (reported.py)."""
     label = (f"pipeline check ({params.base.profile} random model), not a result"
              if pipeline_check(params.base.profile) else "ours")
-    rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], metric_keys(params))
-            for v in variants(params)]
-    table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"])
-    return table.astype({"seed": "Int64", "n_groups": "Int64"})
+    keys = metric_keys(params)
+    rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], keys)
+            | interval_columns(params, scored[v]) for v in variants(params)]
+    table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"], extra=False)
+    return tables.arrange(table, keys).astype({"seed": "Int64", "n_groups": "Int64"})
+
+
+def scored_rows(params: Params, scores: pd.DataFrame, expect_size: int | None = None) -> dict[str, intervals.Scored]:
+    """Each variant of a stage-05 score table as an intervals.Scored row (one group per test row)."""
+    return {v: intervals.scored(v, part.assign(**{GROUP: group_ids(part)}), params.eval.ks, GROUP,
+                                expect_size=expect_size)
+            for v, part in scores.groupby(VARIANT, sort=False)}
+
+
+def interval_columns(params: Params, row: intervals.Scored) -> dict[str, float]:
+    """<metric>_lo / _hi (x 100) of every metric of the tables, with eval.intervals' settings."""
+    i = params.eval.intervals
+    return intervals.columns(row, metric_keys(params), i.resamples, params.base.seed, i.level)
+
+
+def paired_table(params: Params, a: intervals.Scored, others: list[intervals.Scored]) -> pd.DataFrame:
+    """`a` against each of `others` on the paper's metrics and GAUC (intervals.paired), eval.intervals."""
+    i = params.eval.intervals
+    return intervals.paired(a, others, paired_keys(params), i.resamples, params.base.seed, i.level)
+
+
+def paired_keys(params: Params) -> list[str]:
+    return [k for k in intervals.PAIRED if k in metric_keys(params)]
 
 
 def table_row(dataset: str, variant: str, source: str, profile: str, seed: int, result: dict,
@@ -225,14 +251,17 @@ def run(params: Params, dataset: str) -> dict:
                 "adapter": str(p["adapter"].relative_to(params.root)) if params.eval.adapter else None}
     result |= settings
 
-    table, curve = results_table(params, dataset, result), hr_curve(scores)
+    scored = scored_rows(params, scores, expect_size)
+    table, curve = results_table(params, dataset, result, scored), hr_curve(scores)
+    paired = (paired_table(params, scored[FINE_TUNED], [scored[ZERO_SHOT]])
+              if {FINE_TUNED, ZERO_SHOT} <= set(scored) else None)
     figures = {"score_distribution": plot_scores(scores), "hr_at_k": plot_hr(curve)}
     for folder in (p["plots"], p["hr_at_k"]):
         folder.mkdir(parents=True, exist_ok=True)
     p["metrics"].write_text(json.dumps(result, indent=2) + "\n")
     scores.to_parquet(p["scores"], index=False)
     table.to_csv(p["table_csv"], index=False)
-    p["table_md"].write_text(markdown(table, params, dataset))
+    p["table_md"].write_text(markdown(table, params, dataset, paired))
     for stale in p["hr_at_k"].glob("*.csv"):  # a variant dropped since the last run
         stale.unlink()
     for variant, part in curve.groupby(VARIANT):
@@ -241,6 +270,7 @@ def run(params: Params, dataset: str) -> dict:
         fig.savefig(p["plots"] / f"{name}.png", dpi=120)
         plt.close(fig)  # the notebook displays the returned figure once
     return {"metrics": result, "settings": settings, "scores": scores, "examples": examples, "table": table,
+            "paired": paired,
             "hr_at_k": curve, "figures": figures, "example": candidates_of(scores, pd.read_parquet(p["items"]))}
 
 
@@ -258,17 +288,19 @@ def candidates_of(scores: pd.DataFrame, items: pd.DataFrame, row: int = 0) -> pd
             .sort_values(f"rank_{names[0]}", kind="stable").reset_index(drop=True))
 
 
-def markdown(table: pd.DataFrame, params: Params, dataset: str) -> str:
-    """results.md: the table plus where the numbers come from."""
+def markdown(table: pd.DataFrame, params: Params, dataset: str, paired: pd.DataFrame | None = None) -> str:
+    """results.md: the paper's metrics with intervals, fine_tuned vs zero_shot, every metric; where the
+    numbers come from."""
     note = (f"**Pipeline check, not results**: the {params.base.profile} profile scores with small "
             "random-initialised models." if pipeline_check(params.base.profile) else f"Profile `{params.base.profile}`.")
-    return (f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
-            f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
-            f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
-            f"{note} {reported.NOTE}\n\n"
-            + markdown_rows(table) + "\n")
-
-
-def markdown_rows(table: pd.DataFrame) -> str:
-    """A markdown table; missing values shown as '–', integers kept integers."""
-    return table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="–")
+    shown = reported.display(table, dataset, paths(params, dataset)["reported"])
+    parts = [f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
+             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
+             f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
+             f"{note} {reported.NOTE} {tables.INTERVAL_NOTE}",
+             "## AUC, HR@5, MRR@5 (the paper's metrics)", tables.markdown_rows(tables.lead(shown))]
+    if paired is not None:
+        parts += ["## Fine-tuned against zero-shot, paired", tables.PAIRED_NOTE,
+                  tables.markdown_rows(tables.paired_cells(paired, paired_keys(params)))]
+    parts += ["## Every metric", tables.markdown_rows(tables.with_interval(shown, metric_keys(params)))]
+    return "\n\n".join(parts) + "\n"

@@ -172,6 +172,8 @@ def permutation_p(a: Scored, b: Scored, name: str, n_resamples: int = RESAMPLES,
     """Two-sided p-value of `name`(a) - `name`(b) under random swaps of a group's scores between a and b."""
     _same_groups(a, b)
     G = len(a.groups)
+    if G < 2:  # the exact test over one group's 2 swaps: the observed difference and its negation
+        return 1.0
     pairs = list(itertools.product(a.seeds, b.seeds))
     stacked = [_stack(sa, sb, G) for sa, sb in pairs]  # ids 0..G-1: a's groups, G..2G-1: b's
 

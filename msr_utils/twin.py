@@ -228,11 +228,57 @@ COVERS = {"1280x720": (1280, 720), "720x1280": (720, 1280), "500x500": (500, 500
 OFFICIAL_MAX_LENGTH = 1024  # train_llava_sft.py MAX_LENGTH, with truncation=True in its collate
 
 
+# The max lengths a reader meets: the paper's text (slide 7-training.tex), the official
+# train_llava_sft.py, and ours (sft.max_length under profile: paper).
+MAX_LENGTHS = {"paper text": 512, "official code": OFFICIAL_MAX_LENGTH, "ours (profile: paper)": 4096}
+STUDY_PREFERENCE = "The user appears to have a preference for short videos about cats and home cooking."
+STUDY_TITLE = "A cat learns to cook"
+
+
+def max_length_study(vlm, size: tuple[int, int] = COVERS["1280x720"], lengths: dict[str, int] = MAX_LENGTHS) -> dict:
+    """One training text of the paper profile (image first, a short preference, the candidate's title,
+    the answer " Yes</s>") with a cover of `size`, measured with the VLM's processor: its length,
+    image tokens, text tokens (and what the prompt was when processors kept `<image>` as one token);
+    per max_length, what right truncation keeps (tokens, image tokens), whether the answer survives,
+    what the processor says when asked to truncate there (as the official collate does), and what
+    our sft does (drops a longer row)."""
+    from PIL import Image
+
+    from msr_utils import prompts, recommender, sft
+
+    proc, tok = vlm.processor, vlm.tokenizer
+    image_id = tok.convert_tokens_to_ids(proc.image_token)
+    answer = sft.answer_suffixes(proc)["Yes"]
+    prompt = recommender.chat_text(proc, prompts.recommendation_messages(
+        STUDY_PREFERENCE, STUDY_TITLE, kind="video", image_token=proc.image_token, order="image_first"))
+    text, image = prompt + answer, Image.new("RGB", size)
+    kwargs = dict(text=[text], images=[image], add_special_tokens=sft.add_special(tok, text))
+    ids = [int(i) for i in proc(**kwargs)["input_ids"][0]]
+    n_image = ids.count(image_id)
+    n_answer = len(tok(text)["input_ids"]) - len(tok(prompt)["input_ids"])  # "▁Yes", "</s>" in context
+    at = {}
+    for setting, length in lengths.items():
+        try:
+            proc(**kwargs, truncation=True, max_length=length)
+            said = "ok"
+        except ValueError as err:  # transformers refuses a prompt whose image tokens were cut
+            said = f"{type(err).__name__}: {str(err).split('.')[0]}"
+        kept = ids[:length]
+        at[str(length)] = {
+            "setting": setting, "kept_tokens": len(kept), "image_tokens_kept": kept.count(image_id),
+            "answer_survives": len(ids) <= length, "processor_truncation": said,
+            "our_sft": "kept" if len(ids) <= length else "dropped (longer than sft.max_length)"}
+    return {"cover": f"{size[0]}x{size[1]}", "prompt_tokens": len(ids), "image_tokens": n_image,
+            "text_tokens": len(ids) - n_image, "answer_tokens": n_answer,
+            "prompt_tokens_image_as_one_token": len(ids) - n_image + 1, "max_length": at}
+
+
 def facts(folder: str | Path) -> dict:
     """Measured on the saved twins in `folder` (real tokenizers and image processing): the answer
     tokens in the recommender's context against the ones the official evaluation reads, image tokens
-    per cover, what the official collate (truncation at 1,024 tokens) does to a cover, and Llama-3's
-    stop tokens."""
+    per cover, what the official collate (truncation at 1,024 tokens) does to a cover, what the paper
+    text's 512, the official 1,024 and our 4,096 max lengths do to a training text (max_length_study),
+    and Llama-3's stop tokens."""
     from PIL import Image
 
     from msr_utils import models, prompts, recommender
@@ -256,6 +302,7 @@ def facts(folder: str | Path) -> dict:
         "vlm_convert_tokens_to_ids": dict(zip(("Yes", "No"), tok.convert_tokens_to_ids(["Yes", "No"]))),
         "image_tokens": {name: image_tokens(size) for name, size in COVERS.items()},
         "official_collate_1280x720_at_1024": truncated,
+        "max_length_1280x720": max_length_study(vlm),  # the paper text's 512, the official 1024, our 4096
         "official_close_tag_tokens": tok.tokenize("[\\INST] Yes"),  # train_llava_sft.py writes [\\INST]
         "template_close_tag_tokens": tok.tokenize("[/INST] Yes"),
         "lm_hello_world": lm.tokenizer("Hello world", add_special_tokens=False)["input_ids"],

@@ -160,3 +160,44 @@ def count_generate(monkeypatch, loaded, fail_after=None):
 def shard_keys(cache_dir):
     """Every key written to any shard, duplicates included."""
     return [k for p in cache.ShardCache(cache_dir).shards() for k in pd.read_parquet(p)[cache.KEY]]
+
+
+def fake_scores(n_groups: int = 30, size: int = 21, seed: int = 0, signal: float = 0.3) -> pd.DataFrame:
+    """Candidate scores of n test rows (user u<i>, target position 7; the first candidate positive)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    label = np.tile(np.r_[1, np.zeros(size - 1, int)], n_groups)
+    return pd.DataFrame({"user_id": np.repeat([f"u{i}" for i in range(n_groups)], size), "target_pos": 7,
+                         "item_id": [f"i{j}" for j in range(n_groups * size)], "label": label,
+                         "score": rng.random(n_groups * size) + signal * label})
+
+
+def write_scores(project: Path, dataset: str = "microlens50k", baselines=(("pop", 1),), ablations=(),
+                 n_groups: int = 30) -> dict[str, dict]:
+    """The score files stage 06 reads, made up: stage 05's (zero_shot, fine_tuned), each baseline's
+    (name, number of seeds) and each ablation's (in its scratch root). Returns each row's metrics
+    (fractions; a baseline's: the mean over its seeds), for the result files that go with them."""
+    from msr_utils import metrics
+
+    def of(scores):
+        table = scores.assign(g=scores["user_id"] + "@" + scores["target_pos"].astype(str))
+        return metrics.evaluate(table, (1, 5, 10), "g")
+
+    results = project / "results" / dataset
+    results.mkdir(parents=True, exist_ok=True)
+    pd.concat([fake_scores(n_groups, seed=s).assign(split="test", variant=v)
+               for s, v in enumerate(("zero_shot", "fine_tuned"))]).to_parquet(results / "scores.parquet")
+    parts = [fake_scores(n_groups, seed=10 + i + s).assign(name=name, seed=2024 + s)
+             for i, (name, seeds) in enumerate(baselines) for s in range(seeds)]
+    (pd.concat(parts).assign(row_key=lambda d: d["user_id"] + "@" + d["target_pos"].astype(str))
+     .to_parquet(results / "baseline_scores.parquet"))
+    for i, name in enumerate(ablations):
+        folder = project / "data" / "ablations" / dataset / name / "results" / dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        fake_scores(n_groups, seed=20 + i).assign(split="test", variant="fine_tuned").to_parquet(folder / "scores.parquet")
+    out = {v: of(fake_scores(n_groups, seed=s)) for s, v in enumerate(("zero_shot", "fine_tuned"))}
+    for i, (name, seeds) in enumerate(baselines):
+        runs = pd.DataFrame([of(fake_scores(n_groups, seed=10 + i + s)) for s in range(seeds)])
+        out[name] = runs.mean().to_dict()
+    return out | {name: of(fake_scores(n_groups, seed=20 + i)) for i, name in enumerate(ablations)}

@@ -9,7 +9,7 @@ import pytest
 from msr_utils import ablations, compare, evaluate, models, plots, prompts, scratch, users
 from msr_utils.config import ConfigError, UserSummary, load_params
 from msr_utils.data.schema import ITEM, TARGET, TARGET_POS, USER
-from tests.conftest import set_params
+from tests.conftest import set_params, write_scores
 from tests.test_users import interactions, loo, texts_for, write_project
 
 
@@ -127,42 +127,67 @@ def test_evaluate_can_skip_zero_shot(project):
 # --- comparison and plot ---------------------------------------------------------------------------
 
 def write_results(project, variants):
+    """Stage 05's results, one ablation result per variant and the score files behind them; returns
+    (params, each row's metrics as fractions)."""
     results = project / "results" / "microlens50k"
     (results / "ablations").mkdir(parents=True)
+    m = write_scores(project, ablations=variants)
     pd.DataFrame({"dataset": "microlens50k", "variant": ["zero_shot", "fine_tuned"], "source": "pipeline check",
-                  "profile": "tiny", "model": ["m", "m+lora"], "seed": [1, 1], "auc": [55.0, 60.0],
-                  "hr@5": [20.0, 30.0], "n_groups": [30, 30]}).to_csv(results / "results.csv", index=False)
+                  "profile": "tiny", "model": ["m", "m+lora"], "seed": [1, 1],
+                  **{k: [round(100 * m[v][k], 2) for v in ("zero_shot", "fine_tuned")] for k in ("auc", "hr@5")},
+                  "n_groups": [30, 30]}).to_csv(results / "results.csv", index=False)
     params = load_params(project / "params.yaml")
-    for n, name in enumerate(variants):
+    for name in variants:
         (results / "ablations" / f"{name}.json").write_text(json.dumps({
             "variant": name, "overrides": params.ablations.variants[name], "profile": "tiny", "seed": 1,
-            "metrics": {"auc": 0.5 + n / 100, "hr@5": 0.25, "ndcg@5": 0.1, "n_groups": 30, "model": "m+lora",
-                        "seconds": 1.0}}))
-    return params
+            "metrics": {"auc": m[name]["auc"], "hr@5": m[name]["hr@5"], "ndcg@5": m[name]["ndcg@5"], "n_groups": 30,
+                        "model": "m+lora", "seconds": 1.0}, "scored": "fine_tuned"}))
+    return params, m
 
 
-BASELINES = pd.DataFrame({"name": ["pop"], "auc": [0.6], "hr@5": [0.2], "n_groups": [30], "n_rows": [630],
-                          "seconds": [0.1]})
+def baselines(m):
+    return pd.DataFrame({"name": ["pop"], "auc": [m["pop"]["auc"]], "hr@5": [m["pop"]["hr@5"]], "n_groups": [30],
+                         "n_rows": [630], "seconds": [0.1]})
 
 
 def test_comparison_has_one_row_per_ablation_without_nan(project):
-    params = write_results(project, ["tallrec", "block_1", "block_all"])
-    out = compare.table(params, "microlens50k", BASELINES)
+    params, m = write_results(project, ["tallrec", "block_1", "block_3", "block_all"])
+    out = compare.table(params, "microlens50k", baselines(m))
     abl = out[out["source"] == compare.ABLATION_SOURCE]
-    assert abl["variant"].tolist() == [v for v in params.ablations.variants if v in ("tallrec", "block_1", "block_all")]
-    assert abl.loc[abl["variant"] == "tallrec", "auc"].item() == 50.0  # x 100 like stage 05
-    assert not out[["auc", "hr@5", "seed", "n_groups", "profile"]].isna().any().any()
+    assert abl["variant"].tolist() == [v for v in params.ablations.variants if v in ("tallrec", "block_1", "block_3", "block_all")]
+    assert abl.loc[abl["variant"] == "tallrec", "auc"].item() == round(100 * m["tallrec"]["auc"], 2)  # x 100
+    ran = out[out["source"] != "reported (paper)"]  # the paper's no_image_summary etc.: rows of their own
+    assert not ran[["auc", "auc_lo", "auc_hi", "hr@5", "seed", "n_groups", "profile"]].isna().any().any()
     assert not abl[["auc", "hr@5", "seed", "n_groups", "model", "profile"]].isna().any().any()
-    assert "| block_all" in (project / "results" / "microlens50k" / "comparison.md").read_text()
+    md = (project / "results" / "microlens50k" / "comparison.md").read_text()
+    assert "| block_all" in md and "## Ablations against block_3, paired" in md
+    pairs = pd.read_csv(project / "results" / "microlens50k" / "paired.csv")
+    assert pairs[pairs["variant"] == "fine_tuned"]["versus"].tolist() == ["zero_shot", "pop", "tallrec", "block_1",
+                                                                          "block_3", "block_all"]
+    assert pairs[pairs["variant"] == "block_3"]["versus"].tolist() == ["tallrec", "block_1", "block_all"]
 
 
 def test_block_sweep_has_one_point_per_size_and_the_plot_shows_them(project):
-    params = write_results(project, ["block_all", "block_1", "block_5", "block_3", "no_recurrence"])
-    table = compare.table(params, "microlens50k", BASELINES)
+    params, m = write_results(project, ["block_all", "block_1", "block_5", "block_3", "no_recurrence"])
+    table = compare.table(params, "microlens50k", baselines(m))
     sweep = compare.block_sweep(params, "microlens50k", table)
     assert sweep["block_size"].tolist() == ["1", "3", "5", "all"]  # variants only, not the main run
-    assert sweep.loc[sweep["block_size"] == "3", "auc"].item() == 53.0  # block_3's, not fine_tuned's 60
+    assert sweep.loc[sweep["block_size"] == "3", "auc"].item() == round(100 * m["block_3"]["auc"], 2)  # not fine_tuned's
+    assert (sweep["auc_lo"] <= sweep["auc"]).all() and (sweep["auc"] <= sweep["auc_hi"]).all()
     fig = plots.metric_by_block_size(sweep, "auc")
     line = fig.axes[0].lines[0]
     assert list(line.get_xdata()) == [0, 1, 2, 3] and list(line.get_ydata()) == sweep["auc"].tolist()
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "3", "5", "all"]
+    bars = fig.axes[0].collections[-1].get_segments()  # the error bars: one vertical segment per size
+    assert [tuple(s[:, 1]) for s in bars] == list(zip(sweep["auc_lo"], sweep["auc_hi"]))
+
+
+def test_block_plot_shows_the_papers_figure_5_by_position_beside_ours(project):
+    params, m = write_results(project, ["block_1", "block_3"])
+    sweep = compare.block_sweep(params, "microlens50k", compare.table(params, "microlens50k", baselines(m)))
+    from msr_utils import reported
+    paper = reported.block_points("microlens50k", params.root / reported.FILE)
+    fig = plots.metric_by_block_size(sweep, "auc", paper)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "ours"
+    assert list(fig.axes[1].lines[0].get_ydata()) == paper["auc"].tolist() == [76.2, 81.4, 83.2, 82.7, 80.2]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["1.", "2.", "3.", "4.", "5."]  # no sizes

@@ -1,28 +1,53 @@
 import pandas as pd
+import pytest
 
 from msr_utils import compare
 from msr_utils.config import load_params
+from tests.conftest import write_scores
 
 
 def test_comparison_has_every_row_scaled_and_no_nan(project):
     params = load_params(project / "params.yaml")
     results = project / "results" / "microlens50k"
-    results.mkdir(parents=True)
+    m = write_scores(project, baselines=[("pop", 1), ("gru4rec", 3)])
     ours = pd.DataFrame({"dataset": "microlens50k", "variant": ["zero_shot", "fine_tuned"],
-                         "source": "pipeline check", "profile": "tiny", "model": ["m", "m+lora"],
-                         "seed": [1, 1], "auc": [55.0, 60.0], "hr@5": [20.0, 30.0], "n_groups": [30, 30]})
+                         "source": "pipeline check", "profile": "tiny", "model": ["m", "m+lora"], "seed": [1, 1],
+                         **{k: [round(100 * m[v][k], 2) for v in ("zero_shot", "fine_tuned")] for k in ("auc", "hr@5")},
+                         "n_groups": [30, 30]})
     ours.to_csv(results / "results.csv", index=False)
-    baselines = pd.DataFrame({"name": ["pop", "gru4rec"], "auc": [0.6, 0.7], "hr@5": [0.2, 0.5],
+    baselines = pd.DataFrame({"name": ["pop", "gru4rec"], **{k: [m[v][k] for v in ("pop", "gru4rec")] for k in ("auc", "hr@5")},
                               "n_groups": [30, 30], "n_rows": [630, 630], "seconds": [0.1, 3.0],
                               "n_seeds": [1, 3], "seeds": ["2024", "2024 2025 2026"]})
     out = compare.table(params, "microlens50k", baselines)
-    assert out["variant"].tolist() == ["zero_shot", "fine_tuned", "pop", "gru4rec"]
-    assert out.loc[out["variant"] == "gru4rec", "auc"].item() == 70.0  # x 100 like stage 05
-    assert not out[["auc", "hr@5", "seed", "n_groups"]].isna().any().any()
+    ours = ["zero_shot", "fine_tuned", "pop", "gru4rec"]  # then the paper's rows we have none for (no ablation ran)
+    assert out["variant"].tolist()[:4] == ours
+    assert set(out["source"].iloc[4:]) == {"reported (paper)"} and "tallrec" in out["variant"].tolist()[4:]
+    out = out.iloc[:4]
+    assert out.loc[out["variant"] == "gru4rec", "auc"].item() == round(100 * m["gru4rec"]["auc"], 2)  # x 100
+    assert not out[["auc", "auc_lo", "auc_hi", "hr@5", "seed", "n_groups"]].isna().any().any()
+    assert (out["auc_lo"] <= out["auc"]).all() and (out["auc"] <= out["auc_hi"]).all()
     mine = out.set_index("variant")
-    assert mine.loc["fine_tuned", ["auc", "paper_auc", "paper_row"]].tolist() == [60.0, 83.17, "MLLM-MSR"]
-    assert mine.loc[["zero_shot", "pop", "gru4rec"], "paper_auc"].isna().all()  # the paper gives none here
+    assert mine.loc["fine_tuned", ["auc", "paper_auc", "paper_row"]].tolist() == [
+        round(100 * m["fine_tuned"]["auc"], 2), 83.17, "MLLM-MSR"]
+    assert mine.loc["zero_shot", ["paper_row", "paper_auc"]].tolist() == ["LLaVA", 52.75]
+    assert mine.loc[["pop", "gru4rec"], "paper_auc"].isna().all()  # no reachable copy gives these
     assert mine.loc["pop", "source"] == compare.BASELINE_SOURCE  # one run
     assert mine.loc["gru4rec", "source"].endswith("mean of 3 seeds (2024 2025 2026)")  # `seed` shows the first
+    pairs = pd.read_csv(results / "paired.csv")
+    assert pairs["versus"].tolist() == ["zero_shot", "pop", "gru4rec"] and set(pairs["variant"]) == {"fine_tuned"}
+    assert pairs["diff_auc"].tolist() == [round(100 * (m["fine_tuned"]["auc"] - m[v]["auc"]), 2)
+                                          for v in ("zero_shot", "pop", "gru4rec")]
     md = (results / "comparison.md").read_text()
     assert "| gru4rec" in md and "nan" not in md.lower() and "paper_auc" in md
+    assert md.index("## AUC, HR@5, MRR@5") < md.index("## fine_tuned against every row") < md.index("## Every metric")
+
+
+def test_a_stale_score_file_is_named(project):
+    params = load_params(project / "params.yaml")
+    m = write_scores(project)
+    pd.DataFrame({"dataset": "microlens50k", "variant": ["zero_shot", "fine_tuned"], "source": "x", "profile": "tiny",
+                  "model": "m", "seed": 1, "auc": [round(100 * m["zero_shot"]["auc"], 2), 99.0], "n_groups": 30}
+                 ).to_csv(project / "results" / "microlens50k" / "results.csv", index=False)
+    baselines = pd.DataFrame({"name": ["pop"], "auc": [m["pop"]["auc"]], "n_groups": [30]})
+    with pytest.raises(ValueError, match="fine_tuned: AUC 99.0 in its results.*stale"):
+        compare.table(params, "microlens50k", baselines)

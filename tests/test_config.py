@@ -86,8 +86,9 @@ def test_bad_profile_value_names_the_key(project):
         load_params(path, {"base.profile": "paper"})
 
 
-def readme_table(heading: str) -> list[list[str]]:
-    """The rows (cells, backticks stripped) of the first table after `heading` in README.md."""
+def readme_table(heading: str, header: bool = False) -> list[list[str]]:
+    """The rows (cells, backticks stripped) of the first table after `heading` in README.md; with
+    `header`, its header row first."""
     lines = (ROOT / "README.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading)
     rows, inside = [], False
@@ -97,7 +98,7 @@ def readme_table(heading: str) -> list[list[str]]:
             rows.append([c.strip().strip("`") for c in line.strip().strip("|").split("|")])
         elif inside:
             break
-    return [r for r in rows[2:]]  # past the header and the |---| line
+    return rows[:1] + rows[2:] if header else rows[2:]  # past the header and the |---| line
 
 
 def resolved(params, knob: str):
@@ -110,7 +111,10 @@ def resolved(params, knob: str):
 def test_readme_paper_settings_table_is_the_resolved_paper_and_tiny_profiles(project):
     """README's table of the paper's settings: each row's paper and tiny values are what the profiles
     resolve to, and every key a profile sets has a row."""
-    rows = readme_table("The paper's settings (`profile: paper`)")
+    head, *rows = readme_table("The paper's settings (`profile: paper`)", header=True)
+    assert head == ["knob", "profile: paper", "ours (tiny)", "paper's text", "official code",
+                    "what `paper` follows, and why"]  # the values checked below are the first three
+    assert all(len(r) == len(head) for r in rows), [r[0] for r in rows if len(r) != len(head)]
     paper, tiny = (load_params(project / "params.yaml", {"base.profile": p}) for p in ("paper", "tiny"))
     for knob, paper_value, tiny_value, *_ in rows:
         assert resolved(paper, knob) == yaml.safe_load(paper_value), knob

@@ -76,12 +76,18 @@ def test_run_writes_metrics_scores_tables_and_plots(ready):
 
     table = pd.read_csv(p["table_csv"])
     assert table["variant"].tolist() == ["zero_shot", "fine_tuned"]  # the paper's number sits beside ours
-    assert table.loc[1, ["paper_row", "paper_auc"]].tolist() == ["MLLM-MSR", 83.17]
-    assert table.loc[0, ["paper_row", "paper_auc"]].isna().all()
-    assert list(table.columns).index("paper_auc") == list(table.columns).index("auc") + 1
+    assert table.loc[1, ["paper_row", "paper_auc", "paper_hr@5", "paper_mrr@5"]].tolist() == ["MLLM-MSR", 83.17, 78.23, 60.38]
+    assert table.loc[0, ["paper_row", "paper_auc"]].tolist() == ["LLaVA", 52.75]
+    cols = list(table.columns)  # the paper's metrics first, each with its interval, the paper's number beside
+    assert cols[cols.index("auc"):cols.index("auc") + 8] == ["auc", "auc_lo", "auc_hi", "paper_auc",
+                                                            "hr@5", "hr@5_lo", "hr@5_hi", "paper_hr@5"]
+    for k in ("auc", "gauc", "hr@1", "mrr@5", "ndcg@5"):
+        assert ((table[k + "_lo"] <= table[k]) & (table[k] <= table[k + "_hi"])).all(), k
     assert table["source"].str.contains("pipeline check").all() and set(table["seed"]) == {params.base.seed}
     md = p["table_md"].read_text()
     assert "paper_auc" in md and "data/paper_reported.csv" in md and "not results" in md
+    assert md.index("## AUC, HR@5, MRR@5") < md.index("## Fine-tuned against zero-shot, paired") < md.index("## Every metric")
+    assert out["paired"]["versus"].tolist() == ["zero_shot"] and "bootstrap" in md
     for variant in ("zero_shot", "fine_tuned"):
         curve = pd.read_csv(p["hr_at_k"] / f"{variant}.csv")
         assert list(curve.columns) == ["k", "hr"] and curve["hr"].iloc[-1] == 1.0 and curve["hr"].is_monotonic_increasing

@@ -129,3 +129,6 @@ def test_rows_on_other_groups_are_refused():
 def test_one_group_has_no_interval():
     row = intervals.scored("a", groups(1), KS, "group")
     assert all(np.isnan(intervals.interval(row, "auc", 100)))
+    other = intervals.scored("b", groups(1, seed=4), KS, "group")
+    out = intervals.paired(row, [other], ["auc"], 100).iloc[0]  # the twin profile's single test user
+    assert out["p_auc"] == 1 and np.isnan(out["diff_auc_lo"]) and not out["significant_auc"]

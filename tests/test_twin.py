@@ -188,6 +188,26 @@ def test_the_paper_max_length_holds_a_real_cover_and_a_long_preference(vlm, proj
     assert n_text + max(counts.values()) > 1024  # the official MAX_LENGTH truncated every example
 
 
+def test_the_paper_texts_512_and_the_official_1024_cut_a_1280x720_cover_and_lose_the_answer(vlm):
+    """shared/PAPER_NUMBERS.md: the paper's text says max length 512, the official code 1024 (its
+    issue #2: image tokens truncated, training breaks), profile paper 4096."""
+    study = twin.max_length_study(vlm)
+    assert {k: v for k, v in study.items() if k != "max_length"} == {
+        "cover": "1280x720", "prompt_tokens": 2070, "image_tokens": 1948, "text_tokens": 122, "answer_tokens": 2,
+        "prompt_tokens_image_as_one_token": 123}  # 123 fit 512 only while <image> was one token
+    at = study["max_length"]
+    assert [at[n]["setting"] for n in ("512", "1024", "4096")] == ["paper text", "official code", "ours (profile: paper)"]
+    assert [(at[n]["kept_tokens"], at[n]["image_tokens_kept"]) for n in at] == [(512, 507), (1024, 1019), (2070, 1948)]
+    assert [at[n]["answer_survives"] for n in at] == [False, False, True]
+    mismatch = "ValueError: Mismatch in `image` token count between text and `input_ids`"
+    assert [at[n]["processor_truncation"] for n in at] == [mismatch, mismatch, "ok"]
+    assert [at[n]["our_sft"] for n in at] == ["dropped (longer than sft.max_length)"] * 2 + ["kept"]
+    text = recommender.chat_text(vlm.processor, prompts.recommendation_messages(
+        twin.STUDY_PREFERENCE, twin.STUDY_TITLE, kind="video", image_token="<image>", order="image_first"))
+    ids = vlm.tokenizer(text + " Yes</s>")["input_ids"]
+    assert ids[-2:] == [5592, 2] and len(ids) == 123  # the answer is the last two tokens: right truncation cuts it
+
+
 def test_twin_and_paper_profiles_differ_only_in_models_and_the_size_cut(project):
     from msr_utils.config import SIZE_KEYS, load_params
 
@@ -206,6 +226,7 @@ def test_facts_about_the_official_code(twin_dir):
     assert f["vlm_convert_tokens_to_ids"] == {"Yes": 5613, "No": 2501}  # not the tokens emitted after [/INST]
     assert f["image_tokens"] == {"1280x720": 1948, "720x1280": 1968, "500x500": 2928}
     assert f["official_collate_1280x720_at_1024"].startswith("ValueError: Mismatch in `image` token count")
+    assert f["max_length_1280x720"]["max_length"]["512"]["image_tokens_kept"] == 507
     assert f["official_close_tag_tokens"] == ["▁[\\", "INST", "]", "▁Yes"]
     assert f["template_close_tag_tokens"] == ["▁[", "/", "INST", "]", "▁Yes"]
     assert f["lm_hello_world"] == [9906, 1917] and f["lm_generation_eos_ids"] == [128001, 128009]

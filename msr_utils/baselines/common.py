@@ -88,7 +88,11 @@ def evaluate_rows(rows: pd.DataFrame, scores: Sequence[np.ndarray], ks: Iterable
                   both_ties: bool = False) -> dict[str, float]:
     """`metrics.evaluate` on the rows' candidate scores, one group per row. With `both_ties`, also
     `<metric>@K_expected` (random tie order; AUC/GAUC are the same under both) and `tied_share`."""
-    table = long_table(rows, scores)
+    return evaluate_table(long_table(rows, scores), ks, both_ties)
+
+
+def evaluate_table(table: pd.DataFrame, ks: Iterable[int], both_ties: bool = False) -> dict[str, float]:
+    """evaluate_rows on a long_table."""
     out = metrics.evaluate(table, ks=ks, group_col=GROUP)
     if both_ties:
         expected = metrics.evaluate(table, ks=ks, group_col=GROUP, ties="expected")

@@ -9,8 +9,10 @@ randomness: it runs once. The runs share `baselines.workers` processes (0: one p
 returns one row per baseline: the mean over its seeds, `<metric>_std` (sample std; 0 for one run)
 and n_seeds.
 
-Writes results/<ds>/baselines.csv (one row per baseline and seed) and results/<ds>/baselines.json
-(DVC metrics: per baseline the mean, `std` and each seed's run under `runs`; the encoders used).
+Writes results/<ds>/baselines.csv (one row per baseline and seed), results/<ds>/baselines.json
+(DVC metrics: per baseline the mean, `std` and each seed's run under `runs`; the encoders used) and
+results/<ds>/baseline_scores.parquet (every run's candidate scores: name, seed, row_key, item_id,
+label, score; stage 06's intervals and paired tests read them).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from msr_utils.baselines import features, gru4rec, pop, sasrec
-from msr_utils.baselines.common import Vocab, evaluate_rows
+from msr_utils import metrics
+from msr_utils.baselines.common import GROUP, Vocab, evaluate_table, long_table
 from msr_utils.baselines.train import TrainConfig
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, SPLITS, TITLE
@@ -42,6 +45,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
         "cache": a["cache"] / "baselines",
         "metrics": a["results"] / "baselines.json",
         "table": a["results"] / "baselines.csv",
+        "scores": a["results"] / "baseline_scores.parquet",
     }
 
 
@@ -53,6 +57,7 @@ def summary_texts(items: pd.DataFrame, path: Path) -> tuple[list[str], int]:
     return items[TITLE].where(missing, got).fillna("").astype(str).tolist(), int(missing.sum())
 
 
+SCORE_COLUMNS = ["name", "seed", GROUP, ITEM, metrics.LABEL, metrics.SCORE]  # baseline_scores.parquet
 SEEDLESS = ("pop",)  # no randomness: one run stands for every seed
 ID_ONLY = ("pop", "gru4rec", "sasrec")  # no item features
 
@@ -144,6 +149,7 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
     for name, seed in jobs:
         about[name]["runs"][str(seed)] = {**done[name, seed]["result"], **done[name, seed]["fitted"],
                                           "seconds": done[name, seed]["seconds"]}
+    scores = pd.concat([done[job]["scores"].assign(name=job[0], seed=job[1]) for job in jobs], ignore_index=True)
     table = summary(per_seed)
     b = params.baselines
     out = {"models": {r["name"]: _block(r) | about[r["name"]] for r in table.to_dict("records")},
@@ -153,6 +159,7 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
     p["metrics"].parent.mkdir(parents=True, exist_ok=True)
     p["metrics"].write_text(json.dumps(_plain(out), indent=2) + "\n")
     per_seed.to_csv(p["table"], index=False)
+    scores[SCORE_COLUMNS].to_parquet(p["scores"], index=False)
     return table
 
 
@@ -172,8 +179,10 @@ def _fit_seed(name: str, seed: int, feats: np.ndarray | None) -> dict:
     w, start = _WORKER, time.perf_counter()
     model = make(name, w["params"], w["vocab"], feats, seed, progress=w["progress"])
     fitted = model.fit(w["rows"]["train"], w["rows"]["valid"])
-    result = evaluate_rows(w["rows"]["test"], model.score(w["rows"]["test"]), w["params"].eval.ks, both_ties=True)
-    return {"result": result, "fitted": fitted, "seconds": round(time.perf_counter() - start, 2)}
+    scores = long_table(w["rows"]["test"], model.score(w["rows"]["test"]))
+    result = evaluate_table(scores, w["params"].eval.ks, both_ties=True)
+    return {"result": result, "fitted": fitted, "seconds": round(time.perf_counter() - start, 2),
+            "scores": scores[[GROUP, ITEM, metrics.LABEL, metrics.SCORE]]}
 
 
 class Inline(Executor):
