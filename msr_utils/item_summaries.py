@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from msr_utils import models, summarize
+from msr_utils import models, summarize, users
 from msr_utils.config import Params
-from msr_utils.data.schema import IMAGE_PLACEHOLDER, ITEM
-from msr_utils.paths import artifacts
+from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, SPLITS
+from msr_utils.paths import STAGE_01, artifacts, require
+from msr_utils.rows import used_items
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -22,6 +23,12 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
     }
 
 
+def users_used_items(params: Params, dataset: str) -> set[str]:
+    """The items of the rows stages 03-05 read (histories and candidates; msr_utils.rows)."""
+    splits = {s: pd.read_parquet(require(paths(params, dataset)[s], STAGE_01)) for s in SPLITS}
+    return used_items(params, users.load_rows(params, dataset), splits)
+
+
 def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     """Summaries for the dataset's items (cached, resumable); writes parquet + metrics.
 
@@ -29,6 +36,10 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     nothing else is written: merge the caches of all parts, then run again with '0/1'."""
     cfg, p = params.item_summary, paths(params, dataset)
     items = pd.read_parquet(p["items"])
+    if cfg.items == "used":  # only what the LLM stages read (msr_utils.rows)
+        items = items[items[ITEM].astype(str).isin(users_used_items(params, dataset))]
+    if not cfg.title_only:  # no summary from a title alone: such an item enters later stages as its title
+        items = items[items[IMAGE_PATH].notna() & ~items[IMAGE_PLACEHOLDER].astype(bool)]
     if cfg.limit:
         items = items.head(cfg.limit)
     i, n = (int(x) for x in cfg.shard.split("/"))

@@ -2,7 +2,8 @@
 
 kind "vlm": image-text-to-text models (LLaVA, LLaVA-NeXT, Qwen2-VL class) via
 AutoModelForImageTextToText + AutoProcessor. kind "lm": AutoModelForCausalLM + AutoTokenizer.
-CUDA -> bf16 (fp16 where bf16 is unsupported), optional 4-bit NF4; CPU -> fp32. The device is
+CUDA -> bf16 (fp16 where bf16 is unsupported), optional 4-bit NF4; CPU -> fp32, or bf16 for a folder
+saved in bf16 (msr_utils.small on a CPU with bf16 instructions). The device is
 decided by torch.cuda.is_available(), never by catching errors: bitsandbytes on CPU loads without
 complaint and breaks later.
 """
@@ -10,6 +11,7 @@ complaint and breaks later.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ def load(model_ref: str | Path, *, kind: str, quantization: str | None = None,
             f"CPU; device is {dev}). Use quantization=None on CPU (fp32, plain LoRA).")
     check_available(ref)
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": cpu_dtype(ref)}
     if dev.type == "cuda":
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if quantization == "4bit":
@@ -91,6 +93,13 @@ def load(model_ref: str | Path, *, kind: str, quantization: str | None = None,
     return LoadedModel(model, processor, tokenizer, dev, ref, kind)
 
 
+def cpu_dtype(ref: str) -> torch.dtype:
+    """The dtype on CPU: bf16 for a local folder saved in bf16 (config.json), fp32 otherwise."""
+    config = Path(ref) / "config.json"
+    saved = json.loads(config.read_text()) if config.is_file() else {}
+    return torch.bfloat16 if (saved.get("dtype") or saved.get("torch_dtype")) == "bfloat16" else torch.float32
+
+
 def check_available(ref: str) -> None:
     """Fail early, naming the model, when `ref` is neither a local dir nor loadable offline."""
     if Path(ref).is_dir():
@@ -109,7 +118,8 @@ def _not_found(ref: str) -> str:
 
 
 def load_profile(params, role: str) -> LoadedModel:
-    """The active profile's model for `role` ("vlm" | "lm") as set in params.yaml `models`.
+    """The active profile's model for `role` ("vlm" | "lm") as set in params.yaml `models`; a profile
+    whose vlm is null (small) gives its LM for "vlm" (kind "lm": the stages take their text-only path).
 
     A relative folder is resolved against the project root. The cache identity (`model_ref`) is
     the params string, plus a fingerprint of the weights for a local folder (a rebuilt tiny model
@@ -117,6 +127,8 @@ def load_profile(params, role: str) -> LoadedModel:
     to base.threads (0: left as they are) for the stage that loads it."""
     set_torch_threads(params.base.threads)
     chosen = params.models_in_use
+    if role == "vlm" and chosen.vlm is None:  # no VLM in this profile: its stages run the LM on text
+        role = "lm"
     ref = getattr(chosen, role)
     local = params.path(ref)
     if params.base.profile == "paper" and not torch.cuda.is_available():

@@ -94,6 +94,13 @@ def user_message(text: str, with_image: bool = False) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def text_contents(messages: list[dict]) -> list[dict]:
+    """`messages` with each content list joined into its text parts (image parts dropped): the form
+    text-only LMs' chat templates take (SmolLM2's ChatML and Llama 3's concatenate a string)."""
+    return [{**m, "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")}
+            if isinstance(m["content"], list) else m for m in messages]
+
+
 def item_summary_messages(title: str, template: str, with_image: bool) -> list[dict]:
     """Chat messages asking for a summary of one item."""
     return user_message(template.format(title=title.strip()), with_image)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 
 import pandas as pd
+from transformers import PreTrainedTokenizerBase
 
 from msr_utils import prompts
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, TARGET_POS, TITLE, USER
@@ -23,11 +24,13 @@ EXAMPLE_COLUMNS = [SPLIT, USER, TARGET_POS, ITEM, LABEL, PROMPT, IMAGE_PATH]
 
 def chat_text(processor, messages: list[dict], answer: str | None = None) -> str:
     """The chat template rendered as text: with `answer`, the finished conversation; without, the
-    prompt that ends where the assistant's answer starts."""
-    if answer is None:
-        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    reply = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
-    return processor.apply_chat_template(messages + [reply], tokenize=False)
+    prompt that ends where the assistant's answer starts. A text LM's tokenizer (no processor) gets
+    string contents, as `summarize.render` gives it."""
+    if answer is not None:
+        messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    if isinstance(processor, PreTrainedTokenizerBase):
+        messages = prompts.text_contents(messages)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
 
 
 def answer_token_ids(processor, tokenizer, messages: list[dict] | None = None) -> dict[str, int]:

@@ -53,6 +53,7 @@ from msr_utils import config, evaluate, models, prompts, recommender, summarize
 from msr_utils.config import DATASETS, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
+from msr_utils.rows import first
 
 TEXT, ANSWER, N_ANSWER, LENGTH = "text", "answer", "n_answer", "length"
 IGNORE = -100  # label of tokens the loss skips
@@ -76,7 +77,7 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
 def pick_rows(rows: pd.DataFrame, split: str, limit: int, seed: int) -> pd.DataFrame:
     """Train: the first `limit` rows (0 = all). Valid: each row's target + one seeded negative."""
     if split == "train":
-        return rows.head(limit) if limit else rows
+        return first(rows, limit)
     rng = np.random.default_rng(seed)
     pairs = [[c[0], c[1 + rng.integers(len(c) - 1)]] if len(c) > 1 else list(c) for c in rows[CANDIDATES]]
     return rows.assign(**{CANDIDATES: pairs})

@@ -214,8 +214,7 @@ def render(loaded: LoadedModel, messages: list[dict]) -> str:
     """Prompt text of `messages` through the model's chat template, ready for generation.
     Text-only LMs get plain string contents (their templates may not take content lists)."""
     if loaded.kind == "lm":
-        messages = [{**m, "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")}
-                    if isinstance(m["content"], list) else m for m in messages]
+        messages = prompts.text_contents(messages)
     return loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

@@ -36,6 +36,7 @@ from msr_utils.data.schema import (HISTORY, ITEM, SPLITS, TARGET_POS, TIME, TITL
                                    check_columns)
 from msr_utils.models import LoadedModel
 from msr_utils.paths import STAGE_02, artifacts, require
+from msr_utils.rows import keep_used
 
 SUMMARY = summarize.SUMMARY
 SPLIT, PREFIX, TIMES = "split", "prefix", "times"
@@ -256,11 +257,12 @@ def title_preferences(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None
 # --- stage -----------------------------------------------------------------------------------------
 
 def load_rows(params: Params, dataset: str) -> pd.DataFrame:
-    """The dataset's prefix table (all splits; the first user_summary.limit users when set)."""
+    """The dataset's prefix table (all splits; user_summary.rows: used keeps the rows the LLM stages
+    read, msr_utils.rows; the first user_summary.limit users when set)."""
     p = paths(params, dataset)
     interactions = pd.read_parquet(p["interactions"])
     splits = {s: pd.read_parquet(p[s]) for s in SPLITS}
-    rows = prefixes(splits, interactions, str(p["interactions"]))
+    rows = keep_used(params, prefixes(splits, interactions, str(p["interactions"])), splits)
     if params.user_summary.limit:
         keep = pd.unique(interactions[USER])[:params.user_summary.limit]
         rows = rows[rows[USER].isin(keep)].reset_index(drop=True)

@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 from msr_utils import evaluate, models
 from msr_utils.config import load_params
-from tests.conftest import prepared_project, set_params
+from tests.conftest import ROOT, prepared_project, set_params
 
 DATASET = "microlens50k"
 
@@ -136,3 +136,13 @@ def test_adapter_trained_on_another_base_model_is_refused(ready):
     (adapter / "sft_params.json").write_text(json.dumps({"base_model": "data/models/tiny-vlm@0000000000"}))
     with pytest.raises(ValueError, match="trained on 'data/models/tiny-vlm@0000000000'.*rerun stage 04"):
         evaluate.run(load_params(ready / "params.yaml"), DATASET)
+
+
+def test_source_says_what_ran():
+    def of(profile):
+        return evaluate.source(load_params(ROOT / "params.yaml", {"base.profile": profile}))
+    assert "pipeline check (tiny random model)" in of("tiny") and "real weights" not in of("tiny")
+    assert "pipeline check (twin" in of("twin")
+    small = of("small")
+    assert small.startswith("ours: real weights data/models/small-lm") and "text only" in small
+    assert "pipeline check" not in of("paper") and "llava" in of("paper")
