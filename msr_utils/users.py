@@ -36,10 +36,10 @@ from msr_utils.data.schema import (HISTORY, ITEM, SPLITS, TARGET_POS, TIME, TITL
                                    check_columns)
 from msr_utils.models import LoadedModel
 from msr_utils.paths import STAGE_02, artifacts, require
-from msr_utils.rows import keep_used
+from msr_utils.rows import PREFIX, SPLIT, keep_used
 
 SUMMARY = summarize.SUMMARY
-SPLIT, PREFIX, TIMES = "split", "prefix", "times"
+TIMES = "times"  # SPLIT, PREFIX: msr_utils.rows (the prefix table's columns)
 UPTO, BLOCK_INDEX, PREFERENCE = "upto_position", "block_index", "preference"
 USER_SUMMARY_COLUMNS = [USER, UPTO, BLOCK_INDEX, SUMMARY, MODEL, PROMPT_HASH]
 PREFERENCE_COLUMNS = [SPLIT, USER, TARGET_POS, PREFERENCE]
