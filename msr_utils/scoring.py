@@ -19,10 +19,14 @@ Two exact paths over the same tokens:
   (right or left padding; left padding gets explicit position ids).
 Both give the same scores up to float rounding (tested). `forwarded_tokens` counts what each method
 feeds the model, without running it.
+
+A bf16 model's output layer runs in fp32 while scoring (`fp32_head`): bf16 logits near 20 are spaced
+0.125 apart, which rounds P(Yes) of different candidates to the same few values (ties in every metric).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,23 @@ from msr_utils.models import LoadedModel
 from msr_utils.summarize import load_image
 
 METHODS = ("shared", "naive")
+
+
+@contextmanager
+def fp32_head(model):
+    """The output layer in fp32 on the (rounded) last hidden state of a bf16 / fp16 model; nothing
+    changes for an fp32 model. The weights stay as they are (the head may be tied to the embedding)."""
+    head = model.get_output_embeddings()
+    if head is None or head.weight.dtype == torch.float32:
+        yield
+        return
+    bias = None if head.bias is None else head.bias.float()
+    hook = head.register_forward_hook(
+        lambda module, args, out: torch.nn.functional.linear(args[0].float(), module.weight.float(), bias))
+    try:
+        yield
+    finally:
+        hook.remove()
 # Prompts that begin alike, by prompt order: one evaluation row's candidates / one candidate item's pairs.
 GROUP_COLUMNS = {"user_first": [recommender.SPLIT, USER, TARGET_POS], "image_first": [ITEM]}
 
@@ -232,7 +253,7 @@ def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: s
     groups = (examples.groupby(GROUP_COLUMNS[order], sort=False).indices.values() if method == "shared"
               else np.array_split(positions, max(1, -(-len(examples) // batch_size))))
     bar = tqdm(total=len(examples), desc=desc, unit="cand", disable=not progress)
-    with torch.inference_mode():
+    with torch.inference_mode(), fp32_head(loaded.model):
         for rows in groups:
             part, images = examples.iloc[rows], {}  # one group's images, processed once each
             encoded = [encode(loaded, p, None if pd.isna(i) else root / i, images)

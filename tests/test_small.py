@@ -101,12 +101,8 @@ def test_summary_of_a_cooking_history_is_english_about_cooking(lm):
     assert re.search(r"cook|recipe|food|baking|bread|pasta|steak|culinar|kitchen", answer, re.I), answer
 
 
-def test_scorer_p_yes_and_answer_mass_equal_one_direct_forward(lm):
-    """Two candidates of one user (the shared-prefix path: the user part's KV cache is reused) against
-    a plain forward of each whole prompt. fp32 agrees to ~1e-6; bf16 would not (the prefix and the
-    suffix are computed in other groupings, each rounded to 8 bits of mantissa): rtol 1e-4 holds for
-    fp32 only, so a bf16 build gets 2e-2."""
-    assert scoring.answer_ids(lm) == (YES, NO)
+def cooking_examples(lm) -> pd.DataFrame:
+    """One user's two candidates, a fitting and an unrelated one, as stage 05 builds them."""
     preference = "The user appears to have a preference for cooking videos and easy recipes."
     titles = ["Quick chicken curry recipe", "Top 10 football goals of the season"]
     messages = [prompts.recommendation_messages(preference, t, kind="video") for t in titles]
@@ -116,18 +112,46 @@ def test_scorer_p_yes_and_answer_mass_equal_one_direct_forward(lm):
     first = [lm.tokenizer(recommender.chat_text(lm.processor, messages[0], answer),
                           add_special_tokens=False)["input_ids"][n_prompt] for answer in prompts.ANSWERS]
     assert first == [YES, NO]  # the scored ids are what an answer starts with in this very prompt
-    examples = pd.DataFrame({"split": "test", "user_id": "u", "target_pos": 3, "item_id": ["i0", "i1"],
-                             "label": [1, 0], "prompt": texts, "image_path": None})
-    got = scoring.score_examples(lm, examples, with_mass=True, progress=False)
+    return pd.DataFrame({"split": "test", "user_id": "u", "target_pos": 3, "item_id": ["i0", "i1"],
+                         "label": [1, 0], "prompt": texts, "image_path": None})
+
+
+@pytest.fixture(scope="module")
+def lm32(small_dir):
+    """The same weights in fp32, whatever dtype this CPU built them in."""
+    loaded = models.load(small_dir, kind="lm")
+    loaded.model.float()
+    return loaded
+
+
+def test_scorer_p_yes_and_answer_mass_equal_one_direct_forward(lm32):
+    """Two candidates of one user (the shared-prefix path: the user part's KV cache is reused) against
+    a plain forward of each whole prompt, in fp32 (where both agree to ~1e-6; in bf16 the prefix and
+    the suffix are rounded in other groupings: 1e-2 apart, see the next test)."""
+    assert scoring.answer_ids(lm32) == (YES, NO)
+    examples = cooking_examples(lm32)
+    got = scoring.score_examples(lm32, examples, with_mass=True, progress=False)
     direct = []
     with torch.inference_mode():
-        for text in texts:
-            ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
-            p = torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+        for text in examples["prompt"]:
+            ids = torch.tensor([lm32.tokenizer(text, add_special_tokens=False)["input_ids"]])
+            p = torch.softmax(lm32.model(input_ids=ids).logits[0, -1].float(), dim=-1)
             direct.append([float(p[YES] / (p[YES] + p[NO])), float(p[YES] + p[NO])])
-    rtol = 1e-4 if lm.model.dtype == torch.float32 else 2e-2
-    assert got == pytest.approx(np.array(direct), rel=rtol)
+    assert got == pytest.approx(np.array(direct), rel=1e-4)
     assert 0 < got[:, 1].min() and got[:, 1].max() <= 1
+
+
+def test_bf16_scores_keep_their_resolution(small_dir, lm32):
+    """bf16 logits near 20 are 0.125 apart: read from a bf16 output layer, both candidates score
+    0.531 and 0.562, sigmoid(0.125) and sigmoid(0.25). `scoring.fp32_head` computes the head in fp32 on
+    the bf16 hidden state: the gaps leave that grid, and P(Yes) stays within 0.03 of the fp32 model's."""
+    bf16 = models.load(small_dir, kind="lm")
+    bf16.model.to(torch.bfloat16)
+    examples = cooking_examples(bf16)
+    got = scoring.score_examples(bf16, examples, progress=False)
+    log_odds = np.log(got / (1 - got))  # the Yes - No logit gap: on a grid of 1/16 when read from bf16 logits
+    assert np.abs(log_odds * 16 - np.round(log_odds * 16)).max() > 0.01, log_odds
+    assert got == pytest.approx(scoring.score_examples(lm32, examples, progress=False), abs=0.03)
 
 
 def test_a_few_lora_steps_lower_the_answer_loss(small_dir, tmp_path):
