@@ -87,9 +87,9 @@ def test_bad_profile_value_names_the_key(project):
 
 
 def readme_table(heading: str, header: bool = False) -> list[list[str]]:
-    """The rows (cells, backticks stripped) of the first table after `heading` in README.md; with
+    """The rows (cells, backticks stripped) of the first table after `heading` in docs/profiles.md; with
     `header`, its header row first."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "docs" / "profiles.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading)
     rows, inside = [], False
     for line in lines[start + 1:]:

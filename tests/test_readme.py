@@ -1,10 +1,11 @@
-"""Every shell command in README.md works: each line of its ```bash blocks and each command in the
-Measured table's `command` column.
+"""Every shell command in README.md and docs/*.md works: each line of their ```bash blocks and each
+command in the `command` column of docs/measured.md's table. Every relative link and anchor resolves, and
+README's pipeline diagram is `dvc dag`.
 
 Each command matches exactly one rule (RULES), which says how it is exercised: run as written (in the
 repository when it only reads; else in a copy of the `dvc repro`-ed repo that test_pipeline.py
 shares), checked without its costly part (`make -n`, an experiment queued, not run, `--help`), or marked
-`# GPU only` in README. A README command that no rule covers, or a rule that matches no command,
+`# GPU only` in its page. A command that no rule covers, or a rule that matches no command,
 fails. `.venv/bin/` in a command means the venv running the tests."""
 
 import itertools
@@ -30,6 +31,9 @@ from tests.conftest import BIN, ENV, ROOT, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # shares test_pipeline's `dvc repro` (minutes)
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
+MEASURED = ROOT / "docs" / "measured.md"
 GPU = "GPU only"
 
 
@@ -44,7 +48,7 @@ class Command:
 
 def commands(markdown: str) -> list[Command]:
     """Each line of a ```bash block (blank and comment-only lines skipped), then each `snippet` in the
-    `command` column of the Measured table."""
+    `command` column of the first table that has one."""
     found = []
     for block in re.findall(r"^```bash\n(.*?)^```", markdown, flags=re.S | re.M):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
@@ -53,6 +57,8 @@ def commands(markdown: str) -> list[Command]:
             if text.strip():
                 found.append(Command(" ".join(text.split()), comment.strip()))
     rows = [r for r in measured_table(markdown).splitlines() if r.startswith("|")]
+    if not rows:
+        return found
     column = [c.strip() for c in rows[0].strip("|").split("|")].index("command")
     for row in rows[2:]:
         cell = row.strip("|").split(" | ")[column]
@@ -61,7 +67,11 @@ def commands(markdown: str) -> list[Command]:
 
 
 def measured_table(markdown: str) -> str:
-    return markdown.split("### Measured\n", 1)[1].split("\n#", 1)[0]
+    """The first table whose header has a `command` column ("" if none)."""
+    for table in re.findall(r"(?:^\|.*\n)+", markdown, flags=re.M):
+        if "command" in [c.strip() for c in table.splitlines()[0].strip("|").split("|")]:
+            return table
+    return ""
 
 
 # --- how each kind of command is exercised ------------------------------------------------------------
@@ -218,7 +228,7 @@ def cost_report(command: Command, request) -> None:
 
 def gpu_only(command: Command, request) -> None:
     assert GPU in command.comment
-    pytest.skip(f"{GPU} (marked in README): not run here")
+    pytest.skip(f"{GPU} (marked in its page): not run here")
 
 
 def free_port() -> int:
@@ -282,7 +292,7 @@ RULES = [
     Rule(r"python -m msr_utils\.cost --dataset \S+ --tokens-per-s \S+( --[\w-]+ \S+)*", cost_report),
     Rule(r"accelerate launch .*", gpu_only),
 ]
-COMMANDS = commands(README.read_text())
+COMMANDS = [c for page in PAGES for c in commands(page.read_text())]
 
 
 def rules_of(command: Command) -> list[Rule]:
@@ -291,19 +301,62 @@ def rules_of(command: Command) -> list[Rule]:
 
 def test_each_command_has_one_rule_and_each_rule_a_command():
     unmatched = [c.text for c in COMMANDS if len(rules_of(c)) != 1]
-    assert not unmatched, f"README commands matched by no rule or by several: {unmatched}"
+    assert not unmatched, f"commands of README.md and docs/ matched by no rule or by several: {unmatched}"
     stale = [r.pattern for r in RULES if not any(re.fullmatch(r.pattern, c.text) for c in COMMANDS)]
-    assert not stale, f"rules that match no README command: {stale}"
+    assert not stale, f"rules that match no command of README.md or docs/: {stale}"
     marked = {c.text for c in COMMANDS if GPU in c.comment}
     assert marked == {c.text for c in COMMANDS if rules_of(c)[0].exercise is gpu_only}
 
 
-def test_contents_links_reach_a_heading():
+def anchors(markdown: str) -> set[str]:
     """GitHub's anchors: a heading in lower case, punctuation but - dropped, spaces as -."""
-    text = README.read_text()
-    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-               for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
-    assert set(re.findall(r"\]\(#([^)]+)\)", text)) <= anchors
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M), flags=re.M)}
+
+
+def broken_links(page) -> list[str]:
+    """Relative links of a page whose file or anchor does not exist (web links are not followed)."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"\w+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (anchor and (linked.suffix != ".md" or anchor not in anchors(linked.read_text()))):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page):
+    assert not broken_links(page)
+
+
+def test_a_broken_link_is_caught(tmp_path):
+    (tmp_path / "a.md").write_text("# Top\n## Sub section\n[ok](#sub-section) [ok](b.md#end) [bad](#nowhere)"
+                                   " [bad](b.md#top) [bad](missing.md) [web](https://example.org/x#y)\n")
+    (tmp_path / "b.md").write_text("# End\n```bash\n# top\n```\n")
+    assert broken_links(tmp_path / "a.md") == ["#nowhere", "b.md#top", "missing.md"]
+
+
+def test_each_docs_page_opens_with_what_it_answers_for_whom_and_a_command():
+    for page in DOCS:
+        head = page.read_text().split("\n## ", 1)[0]
+        assert all(f"**{k}:**" in head for k in ("What it answers", "For whom", "Try")), page.name
+        assert commands(head.split("**Try:**", 1)[1]), f"{page.name}: no command to try"
+
+
+def test_readme_is_short():
+    assert len(README.read_bytes()) <= 12_000
+
+
+def test_readme_diagram_is_the_dvc_dag():
+    """README's Mermaid edges are `dvc dag`'s, stages named without their @dataset / @variant."""
+    dag = sh("dvc", "dag", "--mermaid", cwd=ROOT)
+    names = {n: re.sub(r"@.*", "", name) for n, name in re.findall(r'(node\d+)\["([^"]+)"\]', dag)}
+    edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag)}
+    diagram = re.search(r"```mermaid\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    assert set(re.findall(r"(\w+) --> (\w+)", diagram)) == edges
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +367,20 @@ def workspace(reproduced, tmp_path_factory):
 
 @pytest.mark.parametrize("text", dict.fromkeys(c.text for c in COMMANDS), ids=lambda t: t[:60])
 def test_readme_command_works(text, request):
-    command = next(c for c in COMMANDS if c.text == text)  # its first place in README
+    command = next(c for c in COMMANDS if c.text == text)  # its first place in README.md or docs/
     (rule,) = rules_of(command)
     rule.exercise(command, request)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_each_notebook_opens_with_what_to_see_what_to_try_and_its_docs_page(path):
+    """The markdown cell before the parameters cell: its parameters exist there, its docs link resolves."""
+    cells = nbformat.read(path, as_version=4).cells
+    at = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    intro, parameters = cells[at - 1], cells[at].source
+    assert intro.cell_type == "markdown" and "**You will see:**" in intro.source and "**To try something:**" in intro.source
+    names = re.findall(r"`([A-Z_]+) = [^`]+`", intro.source)
+    assert names and all(re.search(rf"^{n} = ", parameters, flags=re.M) for n in names), names
+    (link,) = re.findall(r"\]\((\.\./docs/[^)]+)\)", intro.source)
+    page, _, anchor = link.partition("#")
+    assert anchor in anchors((path.parent / page).read_text()), link
