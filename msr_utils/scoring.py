@@ -59,6 +59,8 @@ def fp32_head(model):
         yield
     finally:
         hook.remove()
+
+
 # Prompts that begin alike, by prompt order: one evaluation row's candidates / one candidate item's pairs.
 GROUP_COLUMNS = {"user_first": [recommender.SPLIT, USER, TARGET_POS], "image_first": [ITEM]}
 

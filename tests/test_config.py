@@ -86,7 +86,7 @@ def test_bad_profile_value_names_the_key(project):
         load_params(path, {"base.profile": "paper"})
 
 
-def readme_table(heading: str, header: bool = False) -> list[list[str]]:
+def docs_table(heading: str, header: bool = False) -> list[list[str]]:
     """The rows (cells, backticks stripped) of the first table after `heading` in docs/profiles.md; with
     `header`, its header row first."""
     lines = (ROOT / "docs" / "profiles.md").read_text().splitlines()
@@ -111,7 +111,7 @@ def resolved(params, knob: str):
 def test_readme_paper_settings_table_is_the_resolved_paper_and_tiny_profiles(project):
     """README's table of the paper's settings: each row's paper and tiny values are what the profiles
     resolve to, and every key a profile sets has a row."""
-    head, *rows = readme_table("The paper's settings (`profile: paper`)", header=True)
+    head, *rows = docs_table("The paper's settings (`profile: paper`)", header=True)
     assert head == ["knob", "profile: paper", "ours (tiny)", "paper's text", "official code",
                     "what `paper` follows, and why"]  # the values checked below are the first three
     assert all(len(r) == len(head) for r in rows), [r[0] for r in rows if len(r) != len(head)]

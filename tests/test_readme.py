@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # shares test_pipeli
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
-MEASURED = ROOT / "docs" / "measured.md"
 GPU = "GPU only"
 
 
