@@ -76,8 +76,9 @@ def cpu_flags() -> set[str]:
 
 
 def choose_dtype(requested: str = "auto") -> tuple[str, str]:
-    """(dtype name, why): auto = bf16 where the CPU has bf16 matmul instructions (1.9-3.8x faster
-    than fp32 there, the same greedy text; STACK.md), fp32 elsewhere (bf16 would be emulated)."""
+    """(dtype name, why): auto = bf16 where the CPU has bf16 matmul instructions (1.6-1.8x faster
+    than fp32 per stage unit there; greedy texts can differ: benchmarks/bench_small.py), fp32
+    elsewhere (bf16 would be emulated)."""
     if requested not in ("auto", *DTYPES):
         raise ValueError(f"dtype={requested!r}: expected auto or one of {tuple(DTYPES)}")
     if requested != "auto":
