@@ -10,7 +10,8 @@ are encoded once by the frozen model. The final hidden state of each prompt's la
 model reads its answer) feeds a logistic regression (scikit-learn), its C chosen by 5-fold
 cross-validation on the train pairs, folds grouped by row (a row's target and negative share one
 preference text). It then scores the valid pairs once. Beside it, on the same pairs: item popularity
-among the train users (the Pop baseline's score). Each AUC carries its bootstrap interval over valid
+among the train users (their interactions in stage 01's table; the Pop baseline, baselines/pop.py,
+counts only the train rows' items, so the two can differ). Each AUC carries its bootstrap interval over valid
 rows, and the probe's difference from Pop its paired interval (msr_utils.intervals).
 
 CLI: python -m msr_utils.probe --dataset microlens50k [--set sft.limit=100 ...]
@@ -65,7 +66,7 @@ def fit(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int)
 
 
 def popularity(params: Params, dataset: str, train_users: pd.Series) -> pd.Series:
-    """Interactions per item among the train users (the Pop baseline's score)."""
+    """Interactions per item among the train users (all of theirs in stage 01's interactions table)."""
     inter = pd.read_parquet(require(sft.paths(params, dataset)["interactions"], STAGE_01))
     return inter.loc[inter[USER].isin(set(train_users)), ITEM].value_counts()
 

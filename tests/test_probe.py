@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
-from msr_utils import evaluate, models, probe, recommender, sft
+from msr_utils import models, probe, sft
 from msr_utils.config import load_params
 from msr_utils.data.schema import ITEM, USER
-from tests.conftest import prepared_project, set_params
+from tests.conftest import prepared_project
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATASET = "microlens50k"
