@@ -48,6 +48,7 @@ class Base(_Section):
     profile: Literal[PROFILES] = "tiny"
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
     threads: int = Field(1, ge=0)  # torch CPU threads per process, every stage (msr_utils.threads); 0 = torch's default
+    processes: int = Field(1, ge=0)  # processes of each model stage (msr_utils.launch); 0 = one per visible GPU
 
 
 def pipeline_check(profile: str) -> bool:

@@ -27,7 +27,7 @@ import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from msr_utils import intervals, metrics, models, recommender, reported, scoring, tables
+from msr_utils import intervals, launch, metrics, models, recommender, reported, scoring, tables
 from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
@@ -227,7 +227,10 @@ def run(params: Params, dataset: str) -> dict:
     """Score the test split with each variant; write metrics, scores, tables and plots.
 
     Returns {"metrics", "settings", "scores", "examples", "table", "hr_at_k", "figures", "example"}:
-    "example" is the first test row's candidates with their scores and ranks."""
+    "example" is the first test row's candidates with their scores and ranks. With base.processes
+    N > 1, on N processes (msr_utils.launch), each scoring every N-th group: the same scores."""
+    if launch.wanted(params):
+        return launch.run(params, "evaluation", dataset)
     p = paths(params, dataset)
     if params.eval.adapter:
         check_adapter(p["adapter"])  # before loading anything
@@ -240,7 +243,7 @@ def run(params: Params, dataset: str) -> dict:
 
     result: dict = {}
     names = variants(params)
-    n = 1 if loaded.device.type != "cpu" else processes(params.eval.workers, len(names))
+    n = 1 if loaded.device.type != "cpu" or launch.world()[1] > 1 else processes(params.eval.workers, len(names))
     if n == 1:
         parts = []
         for variant in names:
@@ -259,6 +262,8 @@ def run(params: Params, dataset: str) -> dict:
                 "vlm": params.models_in_use.vlm, "ks": list(params.eval.ks),
                 "adapter": str(p["adapter"].relative_to(params.root)) if params.eval.adapter else None}
     result |= settings
+    if not launch.is_main():  # the main process writes
+        return {"metrics": result, "settings": settings, "scores": scores}
 
     scored = scored_rows(params, scores, expect_size)
     table, curve = results_table(params, dataset, result, scored), hr_curve(scores)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msr_utils import models, summarize, users
+from msr_utils import launch, models, summarize, users
 from msr_utils.config import Params
 from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, SPLITS
 from msr_utils.paths import STAGE_01, artifacts, require
@@ -33,8 +33,11 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     """Summaries for the dataset's items (cached, resumable); writes parquet + metrics.
 
     With item_summary.shard = 'i/n' (n > 1) only that part is generated into the cache and
-    nothing else is written: merge the caches of all parts, then run again with '0/1'."""
+    nothing else is written: merge the caches of all parts, then run again with '0/1'. With
+    base.processes N > 1, on N processes (msr_utils.launch): the same files, no merge by hand."""
     cfg, p = params.item_summary, paths(params, dataset)
+    if launch.wanted(params):
+        return launch.run(params, "item_summaries", dataset)
     items = pd.read_parquet(p["items"])
     if cfg.items == "used":  # only what the LLM stages read (msr_utils.rows)
         items = items[items[ITEM].astype(str).isin(users_used_items(params, dataset))]
@@ -54,7 +57,7 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     stats["placeholder_images_used"] = int((summaries[summarize.IMAGE_USED]
                                             & summaries[ITEM].isin(placeholders)).sum())
     stats["model"] = loaded.model_ref
-    if n > 1:
+    if n > 1 or not launch.is_main():  # a part by hand writes nothing; of N processes the main one writes
         return summaries, stats
     p["item_summaries"].parent.mkdir(parents=True, exist_ok=True)
     summaries.to_parquet(p["item_summaries"], index=False)

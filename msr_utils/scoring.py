@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from msr_utils import recommender
+from msr_utils import launch, recommender
 from msr_utils.data.schema import IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.models import LoadedModel
 from msr_utils.summarize import load_image
@@ -254,7 +254,9 @@ def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: s
     positions = np.arange(len(examples))
     groups = (examples.groupby(GROUP_COLUMNS[order], sort=False).indices.values() if method == "shared"
               else np.array_split(positions, max(1, -(-len(examples) // batch_size))))
-    bar = tqdm(total=len(examples), desc=desc, unit="cand", disable=not progress)
+    rank, size = launch.world()
+    groups = list(groups)[rank::size]  # of N processes (msr_utils.launch), every N-th group: gathered below
+    bar = tqdm(total=sum(map(len, groups)), desc=desc, unit="cand", disable=not progress)
     with torch.inference_mode(), fp32_head(loaded.model):
         for rows in groups:
             part, images = examples.iloc[rows], {}  # one group's images, processed once each
@@ -264,4 +266,8 @@ def score_examples(loaded: LoadedModel, examples: pd.DataFrame, *, image_root: s
                             else score_naive(loaded, encoded, answers, batch_size, padding_side))
             bar.update(len(rows))
     bar.close()
+    if size > 1:
+        mine = np.concatenate(groups) if groups else np.zeros(0, int)
+        for rows, part in launch.gather((mine, scores[mine])):
+            scores[rows] = part
     return scores if with_mass else scores[:, 0]

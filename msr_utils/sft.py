@@ -16,6 +16,10 @@ CPU. Checkpoints go to data/checkpoints/<dataset> (not a DVC output): a rerun wi
 settings and data resumes from the last one; anything else starts over. Only the adapter and the
 processor are kept, in data/adapters/<dataset>.
 
+N processes (base.processes, msr_utils.launch): DDP under accelerate (gloo on CPUs, nccl on GPUs).
+One optimizer step's global batch stays sft.batch_size x sft.grad_accum examples (`per_process`), so
+N changes the speed, not the run; the eval loss is gathered over every valid example once.
+
 CLI (also under `accelerate launch -m msr_utils.sft ...` for DDP):
     python -m msr_utils.sft --dataset microlens50k [--set sft.epochs=2 ...]
 """
@@ -49,8 +53,8 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from msr_utils import config, evaluate, models, prompts, recommender, summarize
-from msr_utils.config import DATASETS, Params, load_params
+from msr_utils import config, evaluate, launch, models, prompts, recommender, summarize
+from msr_utils.config import DATASETS, ConfigError, Params, load_params
 from msr_utils.data.schema import CANDIDATES, IMAGE_PATH, ITEM, TARGET_POS, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
 from msr_utils.rows import first
@@ -314,12 +318,25 @@ class TokenCount(TrainerCallback):
         self.seconds = time.perf_counter() - self.start
 
 
-def eval_steps(cfg, train_examples: int, world_size: int = 1) -> int:
+def eval_steps(cfg, train_examples: int) -> int:
     """Steps between eval-loss evaluations: at most cfg.eval_points in the run, never more often
     than cfg.save_steps (a fixed step interval would make eval cost grow with the square of the data)."""
-    batches = math.ceil(train_examples / (cfg.batch_size * world_size))
+    batches = math.ceil(train_examples / cfg.batch_size)
     steps = math.ceil(math.ceil(batches / cfg.grad_accum) * cfg.epochs)
     return max(cfg.save_steps, math.ceil(steps / cfg.eval_points))
+
+
+def per_process(cfg, world_size: int) -> tuple[int, int]:
+    """(per-process batch, gradient accumulation) keeping one optimizer step's global batch,
+    sft.batch_size x sft.grad_accum, on `world_size` processes: the batch split if it divides, else
+    the accumulation."""
+    if cfg.batch_size % world_size == 0:
+        return cfg.batch_size // world_size, cfg.grad_accum
+    if cfg.grad_accum % world_size == 0:
+        return cfg.batch_size, cfg.grad_accum // world_size
+    raise ConfigError(f"sft.batch_size = {cfg.batch_size} and sft.grad_accum = {cfg.grad_accum}: neither splits over "
+                      f"{world_size} processes (base.processes), so the global batch would change; make one a "
+                      f"multiple of {world_size}")
 
 
 def eval_sample(valid: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -354,7 +371,8 @@ def training_args(params: Params, folder: Path, progress: bool = True, train_exa
         seed=params.base.seed, data_seed=params.base.seed, report_to="none", disable_tqdm=not progress,
         use_cpu=not on_cuda,
     )
-    args.eval_steps = eval_steps(cfg, train_examples, args.world_size)
+    args.eval_steps = eval_steps(cfg, train_examples)
+    args.per_device_train_batch_size, args.gradient_accumulation_steps = per_process(cfg, args.world_size)
     return args
 
 
@@ -423,15 +441,24 @@ class SftResult:
     example: pd.DataFrame  # token_table of the first training example
     example_text: str  # masked_text of it
     valid_scores: pd.DataFrame  # evaluate.SCORE_COLUMNS of the valid pairs, zero_shot and fine_tuned
-    model: Any  # the trained PeftModel
-    trainer: Trainer
+    model: Any  # the trained PeftModel (None from launched processes: the adapter is on disk)
+    trainer: Trainer | None
+
+    def portable(self) -> "SftResult":
+        """What crosses a process boundary (msr_utils.launch): all but the model and the Trainer."""
+        return dataclasses.replace(self, model=None, trainer=None)
 
 
 def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = None,
         progress: bool = True) -> SftResult:
     """Fine-tune the profile's VLM on the dataset's train split; writes the adapter, the curve, the
     valid pairs' P(Yes) before and after, and sft.json (rank 0). Resumes from
-    data/checkpoints/<dataset> when it holds a run of the same setup."""
+    data/checkpoints/<dataset> when it holds a run of the same setup. With base.processes N > 1, DDP
+    on N processes (msr_utils.launch; `callbacks` only in one process)."""
+    if launch.wanted(params):
+        if callbacks:
+            raise ValueError("sft.run(callbacks=...) runs in this process only: set base.processes: 1")
+        return launch.run(params, "sft", dataset)
     p, seed = paths(params, dataset), params.base.seed
     on_cuda = torch.cuda.is_available()
     if on_cuda:  # one GPU per process under `accelerate launch`
@@ -532,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = config.parse_sets(args.set)
     result = run(load_params(args.params, overrides), args.dataset)
-    if result.trainer.is_world_process_zero():
+    if result.trainer is None or result.trainer.is_world_process_zero():
         print(json.dumps(result.metrics, indent=2))
 
 

@@ -24,8 +24,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
 
-from msr_utils import prompts
+from msr_utils import launch, prompts
 from msr_utils.cache import KEY, MODEL, PROMPT_HASH, ShardCache
 from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, TITLE, check_columns
 from msr_utils.models import LoadedModel
@@ -74,8 +76,6 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
                  for w in (True, False)}
     hashes = {w: prompts.prompt_hash([t, json.dumps(gen, sort_keys=True)]) for w, t in templates.items()}
     root = Path(image_root) if image_root is not None else Path()
-    if do_sample:
-        torch.manual_seed(seed)  # sampled runs are seeded (reproducible for an uninterrupted run)
 
     requests = []
     for item_id, title, path, placeholder in zip(df[ITEM], df[TITLE], df[IMAGE_PATH], df[IMAGE_PLACEHOLDER]):
@@ -91,7 +91,7 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
             requests.append(Request(item_id, text_only, hashes[False], fallback))
 
     records, stats = generate_cached(requests, loaded, ShardCache(cache_dir), batch_size=batch_size,
-                                     gen_kwargs=gen, progress=progress, desc="item summaries")
+                                     gen_kwargs=gen, progress=progress, desc="item summaries", seed=seed)
     out = records.rename(columns={KEY: ITEM})[ITEM_SUMMARY_COLUMNS].reset_index(drop=True)
     stats["title_only"] = int((~out[IMAGE_USED]).sum())
     return out, stats
@@ -99,27 +99,37 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
 
 def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCache, *,
                     batch_size: int, gen_kwargs: dict, progress: bool = True,
-                    desc: str = "generate") -> tuple[pd.DataFrame, dict]:
+                    desc: str = "generate", seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Generate every request not cached yet (under either of its hashes), one shard per batch.
-    Returns (one cached record per request, in request order; stats)."""
+    Returns (one cached record per request, in request order; stats). Sampling draws from a seed per
+    (seed, request key, step) (`KeyedSampling`).
+
+    The batches are cut from all requests (length-sorted), each generating its uncached requests, so a
+    resumed run (each batch is whole in the cache, or absent) and N processes (batch i on rank i mod N,
+    msr_utils.launch) run the very batches of one uninterrupted process: the same greedy bytes."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     start = time.perf_counter()
     model_name = loaded.model_ref
+    rank, size = launch.world()
     hashes = {h for r in requests for h in (r.prompt_hash, r.text_hash) if h}
     cached = cache.read(model_name)
-    cached = cached[cached[PROMPT_HASH].isin(hashes)]
+    cached = cached[cached[PROMPT_HASH].isin(hashes) & cached[KEY].isin({r.key for r in requests})]
+    if size > 1:  # what any process's cache holds (machines need not share a disk)
+        cached = pd.concat(launch.gather(cached)).drop_duplicates([KEY, PROMPT_HASH])
     done = set(zip(cached[KEY], cached[PROMPT_HASH]))
-    pending = [r for r in requests if (r.key, r.prompt_hash) not in done and (r.key, r.text_hash) not in done]
-    rendered = {r.key: render(loaded, r.messages) for r in pending}
+    pending = {r.key for r in requests if (r.key, r.prompt_hash) not in done and (r.key, r.text_hash) not in done}
+    rendered = {r.key: render(loaded, r.messages) for r in requests}
     # Length-sorted batches (image prompts together) keep padding small; ties by key, stable.
-    pending.sort(key=lambda r: (r.image_path is None, len(rendered[r.key]), r.key))
-    stats = {"items": len(requests), "generated": 0, "cached": len(requests) - len(pending),
+    ordered = sorted(requests, key=lambda r: (r.image_path is None, len(rendered[r.key]), r.key))
+    work = [todo for batch in batches(ordered, [len(rendered[r.key]) for r in ordered], batch_size)
+            if (todo := [r for r in batch if r.key in pending])][rank::size]
+    stats = {"items": len(requests), "generated": len(pending), "cached": len(requests) - len(pending),
              "empty": 0, "image_errors": 0}
 
-    bar = tqdm(total=len(pending), desc=desc, unit="item", disable=not progress)
+    bar = tqdm(total=sum(map(len, work)), desc=desc, unit="item", disable=not progress)
     new_rows: list[dict] = []
-    for batch in batches(pending, [len(rendered[r.key]) for r in pending], batch_size):
+    for batch in work:
         texts, images, used = [], [], []
         for r in batch:
             image = load_image(r.image_path) if r.image_path is not None else None
@@ -130,7 +140,7 @@ def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCa
                 texts.append(rendered[r.key])
             images.append(image)
             used.append(image is not None)
-        answers = generate_batch(loaded, texts, images, gen_kwargs)
+        answers = generate_batch(loaded, texts, images, gen_kwargs, keys=[r.key for r in batch], seed=seed)
         rows = []
         for r, answer, image_used in zip(batch, answers, used):
             empty = answer == ""
@@ -139,9 +149,12 @@ def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCa
                          SUMMARY: r.fallback if empty else answer, IMAGE_USED: image_used, EMPTY: empty})
         cache.append(rows)  # one atomic shard per batch: the resume point
         new_rows += rows
-        stats["generated"] += len(batch)
         bar.update(len(batch))
     bar.close()
+    if size > 1:  # every process's new records, in rank order
+        parts = launch.gather((new_rows, stats["image_errors"]))
+        new_rows = [row for rows, _ in parts for row in rows]
+        stats["image_errors"] = sum(errors for _, errors in parts)
 
     records = pd.concat([df for df in (cached, pd.DataFrame(new_rows)) if not df.empty]
                         or [pd.DataFrame(columns=[KEY, MODEL, PROMPT_HASH, SUMMARY, IMAGE_USED, EMPTY])])
@@ -175,9 +188,10 @@ def batches(requests: list, lengths: list[int], batch_size: int) -> list[list]:
 
 
 def generate_batch(loaded: LoadedModel, texts: list[str], images: list[Image.Image | None],
-                   gen_kwargs: dict) -> list[str]:
-    """Greedy/sampled generation for one left-padded batch; returns stripped answers.
-    Backend hook: an optional vLLM backend would replace this function (same inputs/outputs)."""
+                   gen_kwargs: dict, keys: list[str] | None = None, seed: int = 0) -> list[str]:
+    """Greedy/sampled generation for one left-padded batch; returns stripped answers. Sampled
+    (gen_kwargs do_sample) rows draw from KeyedSampling(keys, seed): a row's text depends on its key,
+    not on its batch or process. Backend hook: an optional vLLM backend would replace this function."""
     bos = loaded.tokenizer.bos_token
     add_special = not (bos and texts[0].startswith(bos))  # chat templates usually add BOS themselves
     present = [im for im in images if im is not None]
@@ -189,10 +203,51 @@ def generate_batch(loaded: LoadedModel, texts: list[str], images: list[Image.Ima
     inputs = inputs.to(loaded.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    gen = gen_kwargs
+    if gen_kwargs.get("do_sample"):
+        if keys is None or len(keys) != len(texts):
+            raise ValueError("sampled generation needs one key per text (generate_batch(..., keys=...))")
+        gen = keyed_sampling(loaded.model, gen_kwargs, keys, seed, inputs["input_ids"].shape[1])
     with torch.inference_mode():
-        out = loaded.model.generate(**inputs, **gen_kwargs)
+        out = loaded.model.generate(**inputs, **gen)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [t.strip() for t in loaded.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class KeyedSampling(LogitsProcessor):
+    """Sampling as an exponential race: after the temperature / top-k / top-p warpers, the next token is
+    argmax(p_i / E_i) with E ~ Exp(1), an exact draw from p. Each row's E comes from a generator seeded
+    by (seed, key, step), so a text depends on its request's key alone: not on the batch, the process
+    or the order of the run (the same with 1 or N processes, resumed or not)."""
+
+    def __init__(self, keys: list[str], seed: int, prompt_length: int):
+        self.keys, self.seed, self.prompt_length = keys, seed, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        race = torch.stack([torch.empty(scores.shape[1], dtype=torch.float64).exponential_(
+            generator=torch.Generator().manual_seed(stable_seed(self.seed, key, step))) for key in self.keys])
+        return torch.log_softmax(scores.float(), dim=-1) - race.log().to(scores.device, torch.float32)
+
+
+def keyed_sampling(model, gen_kwargs: dict, keys: list[str], seed: int, prompt_length: int) -> dict:
+    """generate() settings that sample with KeyedSampling: greedy over the warped, raced logits. The
+    warpers are those do_sample would apply (temperature, the model's top-k, top-p)."""
+    gen = {k: v for k, v in gen_kwargs.items() if k not in ("do_sample", "temperature", "top_p")}
+    warpers = []
+    if gen_kwargs.get("temperature") not in (None, 1.0):
+        warpers.append(TemperatureLogitsWarper(gen_kwargs["temperature"]))
+    if getattr(model.generation_config, "top_k", None):
+        warpers.append(TopKLogitsWarper(model.generation_config.top_k))
+    if gen_kwargs.get("top_p") not in (None, 1.0):
+        warpers.append(TopPLogitsWarper(gen_kwargs["top_p"]))
+    return {**gen, "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+            "logits_processor": LogitsProcessorList([*warpers, KeyedSampling(keys, seed, prompt_length)])}
+
+
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from its parts (sha256: the same in every process and run)."""
+    return int(hashlib.sha256("/".join(map(str, parts)).encode("utf-8")).hexdigest()[:15], 16)
 
 
 def generation_kwargs(max_new_tokens: int, do_sample: bool = False, temperature: float | None = None,

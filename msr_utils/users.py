@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from msr_utils import models, prompts, summarize
+from msr_utils import launch, models, prompts, summarize
 from msr_utils.cache import KEY, MODEL, PROMPT_HASH, ShardCache
 from msr_utils.config import ConfigError, Params, UserSummary
 from msr_utils.data.schema import (HISTORY, ITEM, SPLITS, TARGET_POS, TIME, TITLE, USER, DataError,
@@ -186,8 +185,6 @@ def summarize_users(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]]
                                       cfg.top_p if cfg.do_sample else None)
     phash = prompts.prompt_hash([*prompts.user_templates(cfg.mode, cfg.prompt), kind, cfg.mode,
                                  json.dumps(gen, sort_keys=True)])
-    if cfg.do_sample:
-        torch.manual_seed(seed)  # sampled runs are seeded
     states, finals = plan(rows, texts, cfg, kind)
     steps = defaultdict(list)
     for s in states.values():
@@ -205,7 +202,7 @@ def summarize_users(rows: pd.DataFrame, texts: dict[str, tuple[str, str | None]]
             requests.append(summarize.Request(s.key, prompts.user_message(text), phash, fallback))
         records, st = summarize.generate_cached(requests, loaded, cache, batch_size=cfg.batch_size,
                                                 gen_kwargs=gen, progress=progress,
-                                                desc=f"user summaries, block {k + 1}/{len(steps)}")
+                                                desc=f"user summaries, block {k + 1}/{len(steps)}", seed=seed)
         summary.update(zip(records[KEY], records[SUMMARY]))
         for c in counts:
             counts[c] += st[c]
@@ -283,8 +280,11 @@ def dataset_info(params: Params, dataset: str) -> dict:
 
 def run(params: Params, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """What the notebook calls: (preferences, user_summaries, stats); writes both parquet files
-    under data/summaries/<dataset> and the metrics JSON under results/<dataset>."""
+    under data/summaries/<dataset> and the metrics JSON under results/<dataset>. With base.processes
+    N > 1, on N processes (msr_utils.launch): the same files."""
     cfg, p = params.user_summary, paths(params, dataset)
+    if cfg.mode != "titles" and launch.wanted(params):
+        return launch.run(params, "user_summaries", dataset)
     info = dataset_info(params, dataset)
     rows = load_rows(params, dataset)
     items = pd.read_parquet(p["items"])
@@ -301,6 +301,8 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]
                                                seed=params.base.seed)
     stats["items_without_summary"] = sum(1 for t, s in texts.values() if s is None)
     stats["item_summaries"] = params.item_summary.enabled
+    if not launch.is_main():  # the main process writes
+        return prefs, blocks, stats
     p["preferences"].parent.mkdir(parents=True, exist_ok=True)
     prefs.to_parquet(p["preferences"], index=False)
     blocks.to_parquet(p["user_summaries"], index=False)
