@@ -8,7 +8,13 @@ assumed length (default: their caps, `max_new_tokens`, i.e. an upper bound) made
 Covers: each item's image file, or one assumed size for all (`cover=(1280, 720)`), since the shipped
 sample has only placeholder cards.
 
+Rates: the tokens/s a user gives, or those measured on one GPU (`--measured results/gpu/<file>.json` of
+benchmarks/bench_paper_shape.py). Wall-clock hours on G GPUs (`--gpus 1,4,8`) are GPU hours / G: every
+model stage splits its work evenly over processes (msr_utils.launch), an assumption the 1 vs 2 process
+ratios in docs/measured.md put a number on.
+
 CLI: python -m msr_utils.cost --dataset microlens50k --tokens-per-s 2500 [--cover 1280x720] [--set k=v]
+     python -m msr_utils.cost --dataset microlens50k --measured results/gpu/h200_paper_shape.json --gpus 1,4,8
 """
 
 from __future__ import annotations
@@ -203,16 +209,35 @@ def report(params: Params, dataset: str, assume: Assumptions | None = None, twin
 
 
 def with_hours(table: pd.DataFrame, tokens_per_s: float, generated_per_s: float | None = None,
-               trained_per_s: float | None = None) -> pd.DataFrame:
-    """GPU hours of each row at the given rates (tokens/s; generated and trained default to the same)."""
+               trained_per_s: float | None = None, gpus: tuple[int, ...] = ()) -> pd.DataFrame:
+    """GPU hours of each row at the given rates (tokens/s; generated and trained default to the same),
+    and the wall-clock hours on each GPU count in `gpus` (the work split evenly)."""
     rate = {"prompt": tokens_per_s, "generated": generated_per_s or tokens_per_s, "trained": trained_per_s or tokens_per_s}
-    return table.assign(**{"GPU hours": (table["tokens"] / table["kind"].map(rate) / 3600).round(2)})
+    hours = table["tokens"] / table["kind"].map(rate) / 3600
+    return table.assign(**{"GPU hours": hours.round(2)}, **{f"wall h, {g} GPU{'s' * (g > 1)}": (hours / g).round(2)
+                                                           for g in gpus})
+
+
+def measured_rates(path: str | Path, precision: str = "4bit") -> dict[str, float]:
+    """Per-GPU tokens/s of one run (`precision`) of a benchmarks/bench_paper_shape.py record: prompt
+    tokens forwarded (whole prompts scored one by one), tokens generated, tokens trained."""
+    record = json.loads(Path(path).read_text())
+    runs = {r["precision"]: r for r in record["runs"]}
+    if precision not in runs:
+        raise ValueError(f"{path}: no run with precision {precision!r}; it has {sorted(runs)}")
+    run = runs[precision]
+    return {"tokens_per_s": run["scoring"]["naive_cand_per_s"] * run["scoring"]["prompt_tokens"],
+            "generated_per_s": run["generation"]["generated_tokens_per_s"],
+            "trained_per_s": run["training"]["tokens_per_s"], "gpu": record.get("gpu", "?")}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--tokens-per-s", type=float, required=True, help="prompt tokens a GPU forwards per second")
+    parser.add_argument("--tokens-per-s", type=float, help="prompt tokens a GPU forwards per second")
+    parser.add_argument("--measured", help="rates measured on one GPU instead: a results/gpu/*.json record")
+    parser.add_argument("--precision", default="4bit", help="which run of --measured (4bit | bf16; default 4bit)")
+    parser.add_argument("--gpus", default="1", help="GPU counts to give wall-clock hours for, e.g. 1,4,8")
     parser.add_argument("--generated-per-s", type=float, help="tokens generated per second (default: --tokens-per-s)")
     parser.add_argument("--trained-per-s", type=float, help="training tokens per second (default: --tokens-per-s)")
     parser.add_argument("--profile", default="paper", help="whose settings to count (default: the paper's)")
@@ -226,12 +251,23 @@ def main(argv: list[str] | None = None) -> None:
     cover = tuple(int(x) for x in args.cover.lower().split("x")) if args.cover else None
     assume = Assumptions(args.item_summary_tokens or params.item_summary.max_new_tokens,
                          args.user_summary_tokens or params.user_summary.max_new_tokens, cover)
-    table = with_hours(report(params, args.dataset, assume), args.tokens_per_s, args.generated_per_s, args.trained_per_s)
+    if args.measured:
+        rates = measured_rates(args.measured, args.precision)
+        print(f"rates measured on one {rates.pop('gpu')} ({args.precision}, {args.measured}): "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()))
+    elif args.tokens_per_s:
+        rates = {"tokens_per_s": args.tokens_per_s, "generated_per_s": args.generated_per_s,
+                 "trained_per_s": args.trained_per_s}
+    else:
+        parser.error("give --tokens-per-s or --measured")
+    gpus = tuple(int(g) for g in args.gpus.split(","))
+    table = with_hours(report(params, args.dataset, assume), **rates, gpus=gpus)
     print(f"{args.dataset}, profile {args.profile}: {len(pd.read_parquet(artifacts(params, args.dataset)['items']))} "
           f"items; assumed item summaries {assume.item_summary_tokens} and user summaries {assume.user_summary_tokens} "
           f"tokens; covers {args.cover or 'as in the image files'}")
     print(table.to_markdown(index=False))
-    print(f"total GPU hours: {table['GPU hours'].sum():.1f}")
+    print(f"total GPU hours: {table['GPU hours'].sum():.1f}; wall-clock: "
+          + ", ".join(f"{table[c].sum():.1f} h on {c.split(', ')[1]}" for c in table.columns if c.startswith("wall h")))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -32,7 +30,7 @@ from msr_utils.config import Params, pipeline_check
 from msr_utils.data.schema import ITEM, TARGET_POS, TITLE, USER
 from msr_utils.paths import STAGE_01, STAGE_02, STAGE_03, artifacts, require
 from msr_utils.rows import first
-from msr_utils.threads import processes
+from msr_utils.threads import pool, processes
 
 VARIANT, SCORE, GROUP = "variant", metrics.SCORE, "group"
 ZERO_SHOT, FINE_TUNED = "zero_shot", "fine_tuned"
@@ -111,14 +109,17 @@ def score_variant(params: Params, loaded: models.LoadedModel, examples: pd.DataF
     return out[SCORE_COLUMNS], result
 
 
-def score_apart(params: Params, dataset: str, variant: str, examples: pd.DataFrame,
-                expect_size: int | None) -> tuple[pd.DataFrame, dict]:
-    """score_variant in a process of its own: the profile's model (+ the adapter for fine_tuned)."""
-    torch.manual_seed(params.base.seed)
-    loaded = models.load_profile(params, "vlm")
+def score_apart(params: Params, dataset: str, variant: str, examples: pd.DataFrame, expect_size: int | None,
+                loaded: models.LoadedModel | None = None) -> tuple[pd.DataFrame, dict]:
+    """score_variant of one variant: the profile's model `loaded` here, or loaded by this call (a
+    process of its own), plus the adapter for fine_tuned."""
+    progress = loaded is not None
+    if loaded is None:
+        torch.manual_seed(params.base.seed)
+        loaded = models.load_profile(params, "vlm")
     if variant == FINE_TUNED:
         loaded = load_adapter(loaded, paths(params, dataset)["adapter"])
-    return score_variant(params, loaded, examples, variant, expect_size, progress=False)
+    return score_variant(params, loaded, examples, variant, expect_size, progress=progress)
 
 
 def group_ids(df: pd.DataFrame) -> pd.Series:
@@ -244,19 +245,12 @@ def run(params: Params, dataset: str) -> dict:
     result: dict = {}
     names = variants(params)
     n = 1 if loaded.device.type != "cpu" or launch.world()[1] > 1 else processes(params.eval.workers, len(names))
-    if n == 1:
-        parts = []
-        for variant in names:
-            if variant == FINE_TUNED:
-                loaded = load_adapter(loaded, p["adapter"])
-            scores, result[variant] = score_variant(params, loaded, examples, variant, expect_size)
-            parts.append(scores)
-    else:  # one spawned process per variant, each loading its own model: the same scores, side by side
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(score_apart, params, dataset, variant, examples, expect_size) for variant in names]
-            done = [f.result() for f in tqdm(futures, desc=f"variants ({n} processes)")]
-        parts = [scores for scores, _ in done]
-        result |= {variant: metrics_ for variant, (_, metrics_) in zip(names, done)}
+    with pool(n) as variants_at:  # n > 1: a spawned process per variant, each loading its own model: the same scores
+        futures = [variants_at.submit(score_apart, params, dataset, variant, examples, expect_size,
+                                      loaded if n == 1 else None) for variant in names]
+        done = [f.result() for f in tqdm(futures, desc=f"variants ({n} processes)", disable=n == 1)]
+    parts = [scores for scores, _ in done]
+    result |= {variant: metrics_ for variant, (_, metrics_) in zip(names, done)}
     scores = pd.concat(parts, ignore_index=True)
     settings = {"dataset": dataset, "split": SPLIT, "profile": params.base.profile, "seed": params.base.seed,
                 "vlm": params.models_in_use.vlm, "ks": list(params.eval.ks),

@@ -42,8 +42,15 @@ class LaunchError(RuntimeError):
 
 
 def processes(params) -> int:
-    """Processes a model stage uses: base.processes, 0 = one per visible GPU (one without)."""
-    return params.base.processes or max(1, torch.cuda.device_count())
+    """Processes a model stage uses: base.processes, 0 = one per visible GPU (one without). On GPUs,
+    one process per GPU: more fails naming the param."""
+    gpus = torch.cuda.device_count()
+    n = params.base.processes or max(1, gpus)
+    if gpus and n > gpus:
+        from msr_utils.config import ConfigError
+
+        raise ConfigError(f"base.processes = {n} but {gpus} GPU(s) are visible: one process per GPU (0 = all of them)")
+    return n
 
 
 def world() -> tuple[int, int]:

@@ -51,6 +51,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from msr_utils import config, evaluate, launch, models, prompts, recommender, summarize
@@ -318,6 +319,18 @@ class TokenCount(TrainerCallback):
         self.seconds = time.perf_counter() - self.start
 
 
+class GlobalBatchTrainer(Trainer):
+    """The HF Trainer with its length-grouped order cut for one optimizer step's global batch, not the
+    per-process one: the megabatches of `group_by_length` scale with the batch (up to 50 of them), so
+    only then do N processes train on the very batches of one process."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            sampler.batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return sampler
+
+
 def eval_steps(cfg, train_examples: int) -> int:
     """Steps between eval-loss evaluations: at most cfg.eval_points in the run, never more often
     than cfg.save_steps (a fixed step interval would make eval cost grow with the square of the data)."""
@@ -483,10 +496,10 @@ def run(params: Params, dataset: str, callbacks: list[TrainerCallback] | None = 
     columns = [TEXT, IMAGE_PATH, N_ANSWER, LENGTH]
     collator = Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root, pixel_dtype)
     counter = TokenCount()
-    trainer = Trainer(model=model, args=args, data_collator=collator,
-                      train_dataset=Dataset.from_pandas(train[columns]),
-                      eval_dataset=Dataset.from_pandas(eval_sample(valid, params.sft.eval_examples, seed)[columns]),
-                      callbacks=[counter, *(callbacks or [])])
+    trainer = GlobalBatchTrainer(model=model, args=args, data_collator=collator,
+                                 train_dataset=Dataset.from_pandas(train[columns]),
+                                 eval_dataset=Dataset.from_pandas(eval_sample(valid, params.sft.eval_examples, seed)[columns]),
+                                 callbacks=[counter, *(callbacks or [])])
     if not progress:
         trainer.remove_callback(PrinterCallback)  # no log dicts either; the curve has the losses
     if on_cuda:

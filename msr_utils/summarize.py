@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCa
              "empty": 0, "image_errors": 0}
 
     bar = tqdm(total=sum(map(len, work)), desc=desc, unit="item", disable=not progress)
-    new_rows: list[dict] = []
+    new_rows, written = [], []
     for batch in work:
         texts, images, used = [], [], []
         for r in batch:
@@ -147,14 +148,16 @@ def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCa
             rows.append({KEY: r.key, MODEL: model_name,
                          PROMPT_HASH: r.prompt_hash if image_used or r.text_hash is None else r.text_hash,
                          SUMMARY: r.fallback if empty else answer, IMAGE_USED: image_used, EMPTY: empty})
-        cache.append(rows)  # one atomic shard per batch: the resume point
+        written.append(cache.append(rows))  # one atomic shard per batch: the resume point
         new_rows += rows
         bar.update(len(batch))
     bar.close()
     if size > 1:  # every process's new records, in rank order
-        parts = launch.gather((new_rows, stats["image_errors"]))
-        new_rows = [row for rows, _ in parts for row in rows]
-        stats["image_errors"] = sum(errors for _, errors in parts)
+        parts = launch.gather((new_rows, stats["image_errors"], [str(p) for p in written]))
+        new_rows = [row for rows, _, _ in parts for row in rows]
+        stats["image_errors"] = sum(errors for _, errors, _ in parts)
+        if rank == 0:  # another machine's shards, not on this disk: kept here too, so a rerun here generates nothing
+            cache.append([row for rows, _, paths in parts[1:] if not all(map(os.path.isfile, paths)) for row in rows])
 
     records = pd.concat([df for df in (cached, pd.DataFrame(new_rows)) if not df.empty]
                         or [pd.DataFrame(columns=[KEY, MODEL, PROMPT_HASH, SUMMARY, IMAGE_USED, EMPTY])])

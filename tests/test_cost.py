@@ -8,7 +8,7 @@ from PIL import Image
 from msr_utils import cost, models, prompts, recommender, scoring, twin
 from msr_utils.config import load_params
 from msr_utils.paths import artifacts
-from tests.conftest import prepared_project
+from tests.conftest import ROOT, prepared_project
 
 DATASET = "microlens50k"
 
@@ -93,3 +93,17 @@ def test_cli_prints_the_table(project, monkeypatch, capsys):
                "--user-summary-tokens", "64"])
     out = capsys.readouterr().out
     assert "| 05 scoring, image_first prompts: shared prefix" in out and "total GPU hours" in out
+
+
+def test_measured_rates_and_gpu_counts(project, table, monkeypatch, capsys):
+    rates = cost.measured_rates(ROOT / "results" / "gpu" / "h200_paper_shape.json", "4bit")
+    assert rates == {"tokens_per_s": 10.96 * 2227, "generated_per_s": 406.4, "trained_per_s": 7193, "gpu": "NVIDIA H200"}
+    out = cost.with_hours(table, 1000, gpus=(1, 4))
+    np.testing.assert_allclose(out["wall h, 4 GPUs"], (out["tokens"] / 1000 / 3600 / 4).round(2))
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        cost.measured_rates(ROOT / "results" / "gpu" / "h200_paper_shape.json", "fp8")
+    monkeypatch.chdir(project)
+    cost.main(["--dataset", DATASET, "--measured", str(ROOT / "results" / "gpu" / "h200_paper_shape.json"),
+               "--gpus", "1,8", "--cover", "1280x720", "--user-summary-tokens", "64"])
+    printed = capsys.readouterr().out
+    assert "wall h, 8 GPUs" in printed and " h on 8 GPUs" in printed and "NVIDIA H200" in printed

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from msr_utils import cache, evaluate, item_summaries, launch, models, sft, summarize, tiny, users
-from msr_utils.config import load_params
+from msr_utils.config import ConfigError, load_params
 from msr_utils.data import prepare
 from tests.conftest import ENV, prepared_project, set_params, shard_keys
 
@@ -118,8 +118,7 @@ def test_a_killed_process_leaves_what_the_rerun_completes(prepared, one_process,
     rank_1, deadline = None, time.monotonic() + 120
     while rank_1 is None and time.monotonic() < deadline:  # rank 1, once it has written a shard
         time.sleep(0.05)
-        ranks = [c for c in psutil.Process(job.pid).children(recursive=True)
-                 if c.is_running() and c.environ().get("RANK") == "1" and "msr_utils.launch" in " ".join(c.cmdline())]
+        ranks = [c for c in psutil.Process(job.pid).children(recursive=True) if is_rank_1(c)]
         if ranks and any(f"-{ranks[0].pid}-" in s.name for s in cache.ShardCache(folder).shards()):
             rank_1 = ranks[0]
     assert rank_1 is not None, "rank 1 never wrote a shard"
@@ -135,11 +134,22 @@ def test_a_killed_process_leaves_what_the_rerun_completes(prepared, one_process,
     pd.testing.assert_frame_equal(pd.read_parquet(p["preferences"]), one_process["preferences"], check_exact=True)
 
 
-def test_processes_param(prepared):
+def is_rank_1(process: psutil.Process) -> bool:
+    try:
+        return process.environ().get("RANK") == "1" and "msr_utils.launch" in " ".join(process.cmdline())
+    except psutil.Error:  # gone, or not yet readable
+        return False
+
+
+def test_processes_param(prepared, monkeypatch):
     params = load_params(prepared / "params.yaml", {"base.processes": 0})
     assert launch.processes(params) == max(1, torch.cuda.device_count())
     assert launch.processes(load_params(prepared / "params.yaml", {"base.processes": 3})) == 3
     assert launch.world() == (0, 1) and launch.gather("x") == ["x"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="base.processes = 3 but 2 GPU"):
+        launch.processes(load_params(prepared / "params.yaml", {"base.processes": 3}))
+    assert launch.processes(params) == 2
 
 
 def test_a_sampled_text_depends_on_its_key_not_its_batch(tmp_path):

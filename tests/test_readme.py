@@ -8,16 +8,21 @@ shares), checked without its costly part (`make -n`, an experiment queued, not r
 `# GPU only` in its page. A command that no rule covers, or a rule that matches no command,
 fails. `.venv/bin/` in a command means the venv running the tests."""
 
+import contextlib
+import io
 import itertools
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import unittest.mock
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,7 +31,7 @@ import pytest
 import tomllib
 import yaml
 
-from msr_utils.config import load_params
+from msr_utils.config import DATASETS, load_params
 from tests.conftest import BIN, ENV, ROOT, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # shares test_pipeline's `dvc repro` (minutes)
@@ -165,10 +170,26 @@ def notebook_parameters(command: Command, request) -> None:
 
 
 def help_lists_flags(command: Command, request) -> None:
-    """Benchmarks (minutes) and the hub download (needs the hub): `--help` works and lists each flag used."""
-    out = sh("bash", "-c", " ".join(command.text.split()[:2]) + " --help", cwd=ROOT)
+    """Benchmarks (minutes) and the hub download (needs the hub): `--help` works and lists each flag used.
+    A benchmark's --help runs in this process (its module loaded, its main() called with sys.argv set):
+    a new interpreter would spend seconds importing torch for each."""
+    if command.text.startswith("python benchmarks/"):
+        out = script_help(ROOT / command.text.split()[1])
+    else:
+        out = sh("bash", "-c", " ".join(command.text.split()[:2]) + " --help", cwd=ROOT)
     for flag in re.findall(r"\s(--[\w-]+)", command.text):
         assert flag in out
+
+
+def script_help(path) -> str:
+    """What `python <path> --help` prints: the script loaded without its __main__ block, main() run."""
+    main = runpy.run_path(str(path), run_name="benchmark")["main"]
+    out = io.StringIO()
+    with unittest.mock.patch.object(sys, "argv", [str(path), "--help"]), contextlib.redirect_stdout(out):
+        with pytest.raises(SystemExit) as done:
+            main()
+    assert done.value.code == 0
+    return out.getvalue()
 
 
 def full_baselines(command: Command, request) -> None:
@@ -223,6 +244,15 @@ def cost_report(command: Command, request) -> None:
     for stage in ("02 item summaries", "03 user summaries", "04 fine-tuning", "image_first prompts: shared prefix"):
         assert stage in out
     assert "total GPU hours" in out
+
+
+def several_machines(command: Command, request) -> None:
+    """Needs several machines: the entry point takes the stage and dataset, and accelerate each flag used."""
+    stage, dataset = re.search(r"-m msr_utils\.launch (\S+) --dataset (\S+)", command.text).groups()
+    assert stage in sh("python", "-m", "msr_utils.launch", "--help", cwd=ROOT) and dataset in DATASETS
+    out = sh("accelerate", "launch", "--help", cwd=ROOT)
+    for flag in re.findall(r"\s(--[\w-]+)", command.text.split(" -m ")[0]):
+        assert flag in out, flag
 
 
 def gpu_only(command: Command, request) -> None:
@@ -288,8 +318,9 @@ RULES = [
     Rule(r"dvc exp run -S base\.profile=paper( .*)?", gpu_only),
     Rule(r"make gpu-test", gpu_only),
     Rule(r"python -m msr_utils\.twin data/models --facts", twin_facts),
-    Rule(r"python -m msr_utils\.cost --dataset \S+ --tokens-per-s \S+( --[\w-]+ \S+)*", cost_report),
-    Rule(r"accelerate launch .*", gpu_only),
+    Rule(r"python -m msr_utils\.cost --dataset \S+ (--tokens-per-s|--measured) \S+( --[\w-]+ \S+)*", cost_report),
+    Rule(r"accelerate launch --multi_gpu --num_machines .* -m msr_utils\.launch \S+ --dataset \S+", several_machines),
+    Rule(r"accelerate launch (?!--multi_gpu --num_machines).*", gpu_only),
 ]
 COMMANDS = [c for page in PAGES for c in commands(page.read_text())]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from msr_utils import cache, models, summarize, tiny
+from msr_utils import cache, launch, models, summarize, tiny
 from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, TITLE
 from tests.conftest import count_generate, shard_keys
 
@@ -173,6 +173,32 @@ def test_shards_and_merge_equal_single_run(vlm, items, image_root, tmp_path):
                                   cache.ShardCache(tmp_path / "single").read())
     with pytest.raises(ValueError, match="shard="):
         summarize.summarize_items(items, vlm, tmp_path / "bad", shard=(3, 3), **run)
+
+
+def test_rank_0_keeps_another_machines_records_in_its_cache(vlm, items, image_root, tmp_path, monkeypatch):
+    """Rank 0 of 2 whose disk does not hold rank 1's shards (another machine) writes rank 1's records to
+    its own cache: a rerun there generates nothing and reads what one process would have written."""
+    run = dict(image_root=image_root, batch_size=4, **GEN)
+    single, _ = summarize.summarize_items(items, vlm, tmp_path / "single", **run)
+    reference = cache.ShardCache(tmp_path / "single").read()
+
+    def gather(obj):  # rank 1, elsewhere: nothing cached; the records rank 0 did not generate, its own shard paths
+        if isinstance(obj, pd.DataFrame):
+            return [obj, obj.iloc[:0]]
+        rows, _, _ = obj
+        theirs = reference[~reference[cache.KEY].isin({r[cache.KEY] for r in rows})]
+        return [obj, (theirs.to_dict("records"), 0, ["/elsewhere/part-1.parquet"])]
+
+    monkeypatch.setattr(launch, "world", lambda: (0, 2))
+    monkeypatch.setattr(launch, "gather", gather)
+    here, stats = summarize.summarize_items(items, vlm, tmp_path / "rank0", **run)
+    pd.testing.assert_frame_equal(here, single)
+    assert sorted(shard_keys(tmp_path / "rank0")) == sorted(reference[cache.KEY])  # each key once: its own, rank 1's
+    assert len(pd.read_parquet(cache.ShardCache(tmp_path / "rank0").shards()[-1])) < len(reference)  # a part each
+    monkeypatch.undo()
+    again, stats = summarize.summarize_items(items, vlm, tmp_path / "rank0", **run)
+    assert stats["generated"] == 0
+    pd.testing.assert_frame_equal(again, single)
 
 
 def test_empty_generation_is_replaced_by_title_and_counted(vlm, items, image_root, tmp_path, monkeypatch):

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from msr_utils.baselines.train import TrainConfig
 from msr_utils.config import Params
 from msr_utils.data.schema import ITEM, SPLITS, TITLE
 from msr_utils.paths import STAGE_02, artifacts, require
-from msr_utils.threads import processes, set_torch_threads, torch_threads
+from msr_utils.threads import pool, processes, set_torch_threads, torch_threads
 
 
 def paths(params: Params, dataset: str) -> dict[str, Path]:
@@ -122,20 +121,15 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
     items = pd.read_parquet(p["items"])
     jobs = [(name, seed) for name in params.baselines.models for seed in seeds(params, name)]
     n = workers(params, len(jobs))
-    pool = (Inline() if n == 1 else
-            ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_start,
-                                initargs=(params, rows, items[ITEM], False)))
     about, futures, done = {}, {}, {}
     bar = tqdm(total=len(jobs), desc=f"baselines x seeds ({n} {'process' if n == 1 else 'processes'})")
     try:
-        with torch_threads(params.base.threads), pool:
-            if n == 1:
-                _start(params, rows, items[ITEM], True)
+        with torch_threads(params.base.threads), pool(n, _start, (params, rows, items[ITEM], n == 1)) as runs:
             for name in params.baselines.models:
                 start = time.perf_counter()
                 feats, info = item_features(name, params, items, dataset)
                 about[name] = {**info, "feature_seconds": round(time.perf_counter() - start, 2), "runs": {}}
-                futures |= {pool.submit(_fit_seed, name, seed, feats): (name, seed) for seed in seeds(params, name)}
+                futures |= {runs.submit(_fit_seed, name, seed, feats): (name, seed) for seed in seeds(params, name)}
             for future in as_completed(futures):
                 name, seed = futures[future]
                 done[name, seed] = future.result()
@@ -183,18 +177,6 @@ def _fit_seed(name: str, seed: int, feats: np.ndarray | None) -> dict:
     result = evaluate_table(scores, w["params"].eval.ks, both_ties=True)
     return {"result": result, "fitted": fitted, "seconds": round(time.perf_counter() - start, 2),
             "scores": scores[[GROUP, ITEM, metrics.LABEL, metrics.SCORE]]}
-
-
-class Inline(Executor):
-    """An executor that runs each call at submit, in this process (one worker: no pool to start)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 (handed to whoever reads the future, as a pool would)
-            future.set_exception(e)
-        return future
 
 
 def _block(row: dict) -> dict:
