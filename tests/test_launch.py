@@ -134,6 +134,33 @@ def test_a_killed_process_leaves_what_the_rerun_completes(prepared, one_process,
     pd.testing.assert_frame_equal(pd.read_parquet(p["preferences"]), one_process["preferences"], check_exact=True)
 
 
+def test_a_killed_ddp_run_resumes_from_its_checkpoint(prepared, one_process, tmp_path):
+    """Stage 04 on 2 processes, rank 1 killed once a checkpoint is whole: the rerun resumes there and ends
+    where one process ends (the same steps; losses within float rounding)."""
+    summaries = f"data/summaries/{DATASET}"
+    root = copy_with(prepared, tmp_path / "ddp", base={"processes": 2},
+                     keep=[f"{summaries}/{name}.parquet" for name in ("item_summaries", "user_summaries", "user_preferences")])
+    params = load_params(root / "params.yaml")
+    checkpoints = sft.paths(params, DATASET)["checkpoints"]
+    job = subprocess.Popen([sys.executable, "-c", "from msr_utils import sft; from msr_utils.config import load_params; "
+                            f"sft.run(load_params('{root}/params.yaml'), '{DATASET}', progress=False)"],
+                           env=ENV, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rank_1, deadline = None, time.monotonic() + 180
+    while rank_1 is None and time.monotonic() < deadline:  # rank 1, once checkpoint-8 is written whole
+        time.sleep(0.05)
+        if (checkpoints / "checkpoint-8" / "trainer_state.json").is_file():
+            rank_1 = next(c for c in psutil.Process(job.pid).children(recursive=True) if is_rank_1(c))
+    assert rank_1 is not None, "no checkpoint-8"
+    rank_1.kill()
+    assert job.wait(timeout=120) != 0
+    resumed = sft.run(params, DATASET, progress=False)
+    assert resumed.metrics["resumed_from_step"] >= 8 and resumed.metrics["world_size"] == 2
+    assert resumed.metrics["steps"] == one_process["sft"]["steps"]
+    curves = resumed.curve.merge(one_process["curve"], on="step", suffixes=("_2", "_1")).dropna(subset=["train_loss_1"])
+    assert curves["step"].tolist() == one_process["curve"].dropna(subset=["train_loss"])["step"].tolist()
+    assert curves["train_loss_2"].to_numpy() == pytest.approx(curves["train_loss_1"].to_numpy(), rel=1e-4)
+
+
 def is_rank_1(process: psutil.Process) -> bool:
     try:
         return process.environ().get("RANK") == "1" and "msr_utils.launch" in " ".join(process.cmdline())
