@@ -9,10 +9,10 @@ Stage 04's own examples (`sft.build_examples`: the same prompts, the train rows 
 are encoded once by the frozen model. The final hidden state of each prompt's last token (where the
 model reads its answer) feeds a logistic regression (scikit-learn), its C chosen by 5-fold
 cross-validation on the train pairs, folds grouped by row (a row's target and negative share one
-preference text). It then scores the valid pairs once. Beside it, on the same pairs: item popularity
-among the train users (their interactions in stage 01's table; the Pop baseline, baselines/pop.py,
-counts only the train rows' items, so the two can differ). Each AUC carries its bootstrap interval over valid
-rows, and the probe's difference from Pop its paired interval (msr_utils.intervals).
+preference text). It then scores the valid pairs once. Beside it, on the same pairs: stage 06's Pop
+(baselines/pop.py: the train users who interacted with the item, in their train rows). Each AUC carries
+its bootstrap interval over valid rows, and the probe's difference from Pop its paired interval
+(msr_utils.intervals).
 
 CLI: python -m msr_utils.probe --dataset microlens50k [--set sft.limit=100 ...]
      -> results/<dataset>/probe.json
@@ -34,9 +34,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from msr_utils import config, evaluate, intervals, models, recommender, sft
+from msr_utils.baselines.pop import Pop
 from msr_utils.config import DATASETS, Params, load_params
-from msr_utils.data.schema import IMAGE_PATH, ITEM, USER
-from msr_utils.paths import STAGE_01, require
+from msr_utils.data.schema import IMAGE_PATH, ITEM
 
 CS = (1e-3, 1e-2, 1e-1, 1.0)  # the probe's inverse regularisation strengths, chosen among by cross-validation
 FOLDS = 5
@@ -65,10 +65,6 @@ def fit(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int)
     return search.fit(features, labels)
 
 
-def popularity(params: Params, dataset: str, train_users: pd.Series) -> pd.Series:
-    """Interactions per item among the train users (all of theirs in stage 01's interactions table)."""
-    inter = pd.read_parquet(require(sft.paths(params, dataset)["interactions"], STAGE_01))
-    return inter.loc[inter[USER].isin(set(train_users)), ITEM].value_counts()
 
 
 def scored(name: str, valid: pd.DataFrame, score: np.ndarray, params: Params) -> intervals.Scored:
@@ -86,15 +82,15 @@ def run(params: Params, dataset: str, progress: bool = True) -> dict:
     if pd.concat([train, valid])[IMAGE_PATH].notna().any():
         raise ValueError("the probe reads text-only prompts, and stage 04's examples carry candidate images: "
                          "run it with --set sft.candidate_image=false (the small profile has no VLM, so none)")
-    pairs = valid.groupby(evaluate.group_ids(valid))[recommender.LABEL].transform("nunique") == 2
-    valid = valid[pairs].reset_index(drop=True)  # both sides of each pair (as stage 04 scores them)
+    valid = sft.complete_pairs(valid)  # both sides of each pair, as stage 04 scores them
     x_train = last_states(loaded, train[recommender.PROMPT].tolist(), progress=progress)
     x_valid = last_states(loaded, valid[recommender.PROMPT].tolist(), progress=progress)
     y_train = train[recommender.LABEL].to_numpy()
     probe = fit(x_train, y_train, evaluate.group_ids(train).to_numpy(), seed)
-    pop = popularity(params, dataset, tables["train"][USER])
+    pop = Pop()
+    pop.fit(tables["train"])  # stage 06's Pop: train users who interacted with the item (their train rows)
     rows = {"probe": scored("probe", valid, probe.decision_function(x_valid), params),
-            "pop": scored("pop", valid, valid[ITEM].map(pop).fillna(0).to_numpy(float), params)}
+            "pop": scored("pop", valid, valid[ITEM].astype(str).map(pop.counts).fillna(0).to_numpy(float), params)}
     i = params.eval.intervals
     out = {"dataset": dataset, "model": loaded.model_ref, "train_examples": len(train),
            "valid_pairs": int(len(valid) // 2), "features": "final hidden state, last prompt token",

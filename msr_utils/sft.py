@@ -430,14 +430,19 @@ def plot_curve(curve: pd.DataFrame, title: str = ""):
     return fig
 
 
+def complete_pairs(valid: pd.DataFrame) -> pd.DataFrame:
+    """The valid examples whose pair kept both sides (sft.max_length may drop one), in order."""
+    complete = valid.groupby([USER, TARGET_POS])[recommender.LABEL].transform("nunique") == 2
+    return valid[complete].reset_index(drop=True)
+
+
 def valid_scores(params: Params, loaded: models.LoadedModel, model, valid: pd.DataFrame,
                  variant: str) -> tuple[pd.DataFrame, dict]:
     """P(Yes) of the valid pairs under `model` and their metrics (evaluate.score_variant, stage 05's
     scorer). Before training the LoRA model is the base model (B = 0): score it as zero_shot then,
     as fine_tuned after. Pairs that lost a side to sft.max_length are left out."""
-    complete = valid.groupby([USER, TARGET_POS])[recommender.LABEL].transform("nunique") == 2
     model.eval()
-    return evaluate.score_variant(params, dataclasses.replace(loaded, model=model), valid[complete], variant,
+    return evaluate.score_variant(params, dataclasses.replace(loaded, model=model), complete_pairs(valid), variant,
                                   expect_size=2, progress=False)
 
 

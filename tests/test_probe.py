@@ -67,10 +67,12 @@ def test_run_scores_every_valid_pair_and_pop_as_sklearn_does(project):
         assert out[f"{name}_valid_auc_lo"] <= out[f"{name}_valid_auc"] <= out[f"{name}_valid_auc_hi"]
     assert out["probe_minus_pop_lo"] <= out["probe_valid_auc"] - out["pop_valid_auc"] <= out["probe_minus_pop_hi"]
 
-    # Pop by hand: the pairs stage 04 scores (target + one seeded negative), counts among train users
+    # Pop by hand: the pairs stage 04 scores (target + one seeded negative); per item, the train users
+    # with it in a train row (history or target)
     pairs = sft.pick_rows(valid, "valid", 0, params.base.seed)
-    inter = pd.read_parquet(sft.paths(params, DATASET)["interactions"])
-    counts = inter[inter[USER].isin(set(pd.read_parquet(sft.paths(params, DATASET)["train"])[USER]))][ITEM].value_counts()
+    train = pd.read_parquet(sft.paths(params, DATASET)["train"])
+    users_of = train.assign(items=[[*h, t] for h, t in zip(train["history"], train["target"])]).explode("items")
+    counts = users_of.drop_duplicates([USER, "items"])["items"].value_counts()
     scores = [counts.get(i, 0) for c in pairs["candidates"] for i in c]
     assert out["pop_valid_auc"] == pytest.approx(roc_auc_score(np.tile([1, 0], len(pairs)), scores))
 
