@@ -120,9 +120,9 @@ def generate_cached(requests: list[Request], loaded: LoadedModel, cache: ShardCa
         cached = pd.concat(launch.gather(cached)).drop_duplicates([KEY, PROMPT_HASH])
     done = set(zip(cached[KEY], cached[PROMPT_HASH]))
     pending = {r.key for r in requests if (r.key, r.prompt_hash) not in done and (r.key, r.text_hash) not in done}
-    rendered = {r.key: render(loaded, r.messages) for r in requests}
+    rendered = {r.key: render(loaded, r.messages) for r in requests} if pending else {}  # all cached: no plan
     # Length-sorted batches (image prompts together) keep padding small; ties by key, stable.
-    ordered = sorted(requests, key=lambda r: (r.image_path is None, len(rendered[r.key]), r.key))
+    ordered = sorted(requests, key=lambda r: (r.image_path is None, len(rendered[r.key]), r.key)) if pending else []
     work = [todo for batch in batches(ordered, [len(rendered[r.key]) for r in ordered], batch_size)
             if (todo := [r for r in batch if r.key in pending])][rank::size]
     stats = {"items": len(requests), "generated": len(pending), "cached": len(requests) - len(pending),

@@ -112,18 +112,8 @@ def test_a_killed_process_leaves_what_the_rerun_completes(prepared, one_process,
                      base={"processes": 2})
     params = load_params(root / "params.yaml")
     folder = users.paths(params, DATASET)["cache"]
-    job = subprocess.Popen([sys.executable, "-c", "from msr_utils import users; from msr_utils.config import "
-                            f"load_params; users.run(load_params('{root}/params.yaml'), '{DATASET}')"],
-                           env=ENV, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rank_1, deadline = None, time.monotonic() + 120
-    while rank_1 is None and time.monotonic() < deadline:  # rank 1, once it has written a shard
-        time.sleep(0.05)
-        ranks = [c for c in psutil.Process(job.pid).children(recursive=True) if is_rank_1(c)]
-        if ranks and any(f"-{ranks[0].pid}-" in s.name for s in cache.ShardCache(folder).shards()):
-            rank_1 = ranks[0]
-    assert rank_1 is not None, "rank 1 never wrote a shard"
-    rank_1.kill()
-    assert job.wait(timeout=120) != 0  # torchrun stops the other process; the stage fails
+    kill_rank_1(root, f"users.run(load_params('{root}/params.yaml'), '{DATASET}')",  # once it has written a shard
+                lambda rank: any(f"-{rank.pid}-" in s.name for s in cache.ShardCache(folder).shards()))
     written = len(shard_keys(folder))
     assert 0 < written < len(one_process["blocks"])
     users.run(params, DATASET)  # the rerun, 2 processes again
@@ -142,23 +132,30 @@ def test_a_killed_ddp_run_resumes_from_its_checkpoint(prepared, one_process, tmp
                      keep=[f"{summaries}/{name}.parquet" for name in ("item_summaries", "user_summaries", "user_preferences")])
     params = load_params(root / "params.yaml")
     checkpoints = sft.paths(params, DATASET)["checkpoints"]
-    job = subprocess.Popen([sys.executable, "-c", "from msr_utils import sft; from msr_utils.config import load_params; "
-                            f"sft.run(load_params('{root}/params.yaml'), '{DATASET}', progress=False)"],
-                           env=ENV, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rank_1, deadline = None, time.monotonic() + 180
-    while rank_1 is None and time.monotonic() < deadline:  # rank 1, once checkpoint-8 is written whole
-        time.sleep(0.05)
-        if (checkpoints / "checkpoint-8" / "trainer_state.json").is_file():
-            rank_1 = next(c for c in psutil.Process(job.pid).children(recursive=True) if is_rank_1(c))
-    assert rank_1 is not None, "no checkpoint-8"
-    rank_1.kill()
-    assert job.wait(timeout=120) != 0
+    kill_rank_1(root, f"sft.run(load_params('{root}/params.yaml'), '{DATASET}', progress=False)",
+                lambda rank: (checkpoints / "checkpoint-8" / "trainer_state.json").is_file())  # written whole
     resumed = sft.run(params, DATASET, progress=False)
     assert resumed.metrics["resumed_from_step"] >= 8 and resumed.metrics["world_size"] == 2
     assert resumed.metrics["steps"] == one_process["sft"]["steps"]
     curves = resumed.curve.merge(one_process["curve"], on="step", suffixes=("_2", "_1")).dropna(subset=["train_loss_1"])
     assert curves["step"].tolist() == one_process["curve"].dropna(subset=["train_loss"])["step"].tolist()
     assert curves["train_loss_2"].to_numpy() == pytest.approx(curves["train_loss_1"].to_numpy(), rel=1e-4)
+
+
+def kill_rank_1(root, call: str, ready, timeout: float = 180) -> None:
+    """Run `call` (a stage of msr_utils, on 2 processes) in a child; SIGKILL its rank 1 once `ready(rank_1)`
+    holds, and see the stage fail (torchrun stops the other process)."""
+    job = subprocess.Popen([sys.executable, "-c", f"from msr_utils import sft, users; from msr_utils.config import "
+                            f"load_params; {call}"], env=ENV, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rank_1, deadline = None, time.monotonic() + timeout
+    while rank_1 is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        ranks = [c for c in psutil.Process(job.pid).children(recursive=True) if is_rank_1(c)]
+        if ranks and ready(ranks[0]):
+            rank_1 = ranks[0]
+    assert rank_1 is not None, f"rank 1 of `{call}` never got ready"
+    rank_1.kill()
+    assert job.wait(timeout=120) != 0
 
 
 def is_rank_1(process: psutil.Process) -> bool:
