@@ -287,3 +287,18 @@ def test_two_processes_draw_the_length_grouped_order_of_one(trainer, tmp_path, m
         return list(sampler)
 
     assert order(2, 4) == order(1, 8)
+
+
+def test_answer_logits_give_the_full_loss(project):
+    """The output layer only where a label is read: the same loss and the same answer logits as the
+    full forward (a batch of 6 rows of different lengths, so positions differ by row)."""
+    loaded, params = loaded_and_params(project)
+    train, _ = sft.build_examples(params, DATASET, loaded, "train")
+    rows = [train.iloc[i].to_dict() for i in range(6)]
+    full = sft.Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root, answer_logits=False)(rows)
+    cut = sft.Collator(loaded.processor, loaded.tokenizer, loaded.kind, params.root)(rows)
+    assert len(cut["logits_to_keep"]) < full["input_ids"].shape[1] / 10
+    with torch.no_grad():
+        want, got = loaded.model(**full), loaded.model(**cut)
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got.logits, want.logits[:, cut["logits_to_keep"]], rtol=1e-4, atol=1e-5)
