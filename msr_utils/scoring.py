@@ -188,6 +188,22 @@ def _p_yes(model, answers: tuple[int, int], ids: torch.Tensor, mask: torch.Tenso
     return torch.stack([p_yes, mass], dim=1).cpu().numpy()
 
 
+def length_batches(lengths: list[int], batch_size: int, waste: float = 2.0) -> list[list[int]]:
+    """Indices in batches of at most `batch_size`, shortest first, a batch cut early where padding to its
+    longest would make it `waste` times its real tokens: one long prompt among short ones (a 1,700-token
+    title in the MicroLens sample) is forwarded alone instead of padding 20 others to its length (that
+    batch took 3.5 minutes)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        batch = batches[-1] if batches else None
+        if (batch is None or len(batch) == batch_size
+                or (len(batch) + 1) * lengths[i] > waste * (sum(lengths[j] for j in batch) + lengths[i])):
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
+
+
 def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],
                  batch_size: int = 21) -> np.ndarray:
     """(P(Yes), answer mass) of prompts that begin alike (one group of GROUP_COLUMNS), their common
@@ -201,18 +217,18 @@ def score_shared(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int
         prefix = torch.tensor([encoded[0].ids[:n_prefix]], device=device)
         vision = _vision_batch(encoded[:1], model.dtype, device) if image_in_prefix else {}
         cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1, **vision).cache  # logits unused
-    scores = []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
+    scores = np.zeros((len(encoded), 2))
+    for rows in length_batches([len(e.ids) - n_prefix for e in encoded], batch_size):
+        batch = [encoded[i] for i in rows]
         ids, mask = _pad([e.ids[n_prefix:] for e in batch], loaded.tokenizer.pad_token_id, "right")
         kwargs = {} if image_in_prefix else _vision_batch(batch, model.dtype, device)
         if cache is not None:  # a fresh batch-sized copy: the forward appends the suffix to it
             kwargs["cache"] = DynamicCache([(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1))
                                             for k, v, *_ in cache], config=model.config)
             mask = torch.cat([torch.ones((len(batch), n_prefix), dtype=mask.dtype), mask], dim=1)
-        scores.append(_p_yes(model, answers, ids.to(device), mask.to(device),
-                             (mask.sum(1) - 1 - n_prefix).to(device), **kwargs))
-    return np.concatenate(scores)
+        scores[rows] = _p_yes(model, answers, ids.to(device), mask.to(device),
+                              (mask.sum(1) - 1 - n_prefix).to(device), **kwargs)
+    return scores
 
 
 def score_naive(loaded: LoadedModel, encoded: list[Encoded], answers: tuple[int, int],

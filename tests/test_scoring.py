@@ -198,3 +198,13 @@ def test_encode_gives_the_processors_ids_and_processes_each_image_once(loaded, t
     scoring.score_examples(model, ex, image_root=image_root, order="image_first", progress=False)
     per_item = ex.drop_duplicates("item_id")["image_path"]
     assert sorted(calls) == sorted(image_root / p for p in per_item)  # once per item, not once per pair
+
+
+def test_length_batches_forward_a_long_prompt_alone():
+    lengths = [20, 31, 1700, 25, 40, 22]
+    assert scoring.length_batches(lengths, batch_size=21) == [[0, 5, 3, 1, 4], [2]]  # shortest first
+    batches = scoring.length_batches(lengths, batch_size=4)
+    assert batches == [[0, 5, 3, 1], [4, 2]]  # a pair pads at most 2x: kept
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 2 * sum(lengths[i] for i in batch)
+    assert scoring.length_batches([10] * 5, batch_size=21) == [[0, 1, 2, 3, 4]]
