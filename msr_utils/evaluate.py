@@ -302,8 +302,9 @@ def markdown(table: pd.DataFrame, params: Params, dataset: str, paired: pd.DataF
     note = (f"**Pipeline check, not results**: the {params.base.profile} profile scores with small "
             "random-initialised models." if pipeline_check(params.base.profile) else f"Profile `{params.base.profile}`.")
     shown = reported.display(table, dataset, paths(params, dataset)["reported"])
+    chosen = params.models_in_use
     parts = [f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
-             f"`{params.models_in_use.vlm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
+             f"`{chosen.vlm or chosen.lm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
              f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
              f"{note} {reported.NOTE} {tables.INTERVAL_NOTE}",
              "## AUC, HR@5, MRR@5 (the paper's metrics)", tables.markdown_rows(tables.lead(shown))]

@@ -122,6 +122,15 @@ def test_zero_shot_only_with_limit(ready):
     assert "fine_tuned" not in saved and saved["zero_shot"]["n_groups"] == 1 and saved["adapter"] is None
 
 
+def test_results_md_names_the_model_that_scored(ready):
+    """The LM where a profile has no VLM (small), the VLM where it has one (it said `None` for small)."""
+    params = load_params(ready / "params.yaml", {"eval.adapter": False, "eval.limit": 1})
+    table = evaluate.run(params, DATASET)["table"]
+    assert "model `data/models/tiny-vlm`" in evaluate.markdown(table, params, DATASET)
+    small = load_params(ready / "params.yaml", {"base.profile": "small"})
+    assert "model `data/models/small-lm`" in evaluate.markdown(table, small, DATASET)
+
+
 def test_missing_user_preferences_names_stage_03(ready):
     params = load_params(ready / "params.yaml", {"eval.adapter": False})
     evaluate.paths(params, DATASET)["preferences"].unlink()
