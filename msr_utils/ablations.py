@@ -88,10 +88,27 @@ def link(main: Params, dataset: str, root: Path) -> list[Path]:
     return made
 
 
+def cut(params: Params, dataset: str, variant: str) -> dict:
+    """A variant that `ablations.run` leaves out: its result (no metrics) and its folder say so."""
+    p = paths(params, dataset, variant)
+    reason = (f"not run: profile {params.base.profile!r} runs only ablations.run = {', '.join(params.ablations.run)} "
+              f"(its time budget); `dvc exp run -S 'ablations.run=[]'` runs every variant")
+    result = {"dataset": dataset, "variant": variant, "overrides": params.ablations.variants[variant],
+              "profile": params.base.profile, "skipped": reason, "metrics": None}
+    p["root"].mkdir(parents=True)
+    (p["root"] / "SKIPPED.txt").write_text(reason + "\n")
+    p["result"].parent.mkdir(parents=True, exist_ok=True)
+    p["result"].write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def run(params: Params, dataset: str, variant: str, progress: bool = False) -> dict:
-    """Stages 03, 04 and 05 for one variant in its scratch root; writes and returns its result."""
+    """Stages 03, 04 and 05 for one variant in its scratch root; writes and returns its result
+    (a variant left out of a non-empty `ablations.run`: `cut`)."""
     p = paths(params, dataset, variant)
     shutil.rmtree(p["root"], ignore_errors=True)  # a variant starts clean; the shared caches make it cheap
+    if params.ablations.run and variant not in params.ablations.run:
+        return cut(params, dataset, variant)
     vp = variant_params(params, variant, p["root"])
     links = link(params, dataset, p["root"])
     seconds = {}
@@ -137,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=None, help="params.yaml (default: found upwards from the cwd)")
     args = parser.parse_args(argv)
     result = run(load_params(args.params), args.dataset, args.variant)
+    if "skipped" in result:
+        print(f"{args.variant}: {result['skipped']}")
+        return
     print(json.dumps({k: result[k] for k in ("variant", "settings", "seconds")} | {
         "auc": result["metrics"]["auc"]}, indent=2))
 

@@ -140,10 +140,12 @@ def paired_cells(params: Params, dataset: str) -> pd.DataFrame:
 
 
 def ablation_results(params: Params, dataset: str) -> dict[str, dict]:
-    """{variant: results/<dataset>/ablations/<variant>.json} for the variants of params that have one."""
+    """{variant: results/<dataset>/ablations/<variant>.json} for the variants of params that ran (a variant
+    that `ablations.run` cut has a result saying so, and no row)."""
     folder = params.root / "results" / dataset / "ablations"
-    return {name: json.loads((folder / f"{name}.json").read_text())
-            for name in params.ablations.variants if (folder / f"{name}.json").is_file()}
+    found = {name: json.loads((folder / f"{name}.json").read_text())
+             for name in params.ablations.variants if (folder / f"{name}.json").is_file()}
+    return {name: r for name, r in found.items() if "skipped" not in r}
 
 
 def ablation_rows(params: Params, dataset: str, rows: dict[str, intervals.Scored]) -> pd.DataFrame:

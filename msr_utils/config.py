@@ -26,6 +26,7 @@ PROFILES = ("tiny", "small", "twin", "paper")
 # Keys that cut the size of a run (first N users / items / rows, 0 = all; caps on generated tokens): the
 # twin profile is the paper profile with other model ids and these. A random-weight LM never emits its stop
 # token, so a twin's user summaries would all run to the paper's cap of 1,024 tokens without a lower cap.
+PROFILE_BASE_KEYS = ("base.processes",)  # the one base key a profile may set: how many processes suit its models
 SIZE_KEYS = frozenset({"data.limit_users", "item_summary.limit", "user_summary.limit", "sft.limit", "eval.limit",
                        "user_summary.max_new_tokens",
                        *(f"ablations.limit.{k}" for k in ("train_rows", "valid_rows", "test_rows", "max_new_tokens"))})
@@ -45,7 +46,7 @@ class _Section(BaseModel):
 
 class Base(_Section):
     seed: int = 2024
-    profile: Literal[PROFILES] = "tiny"
+    profile: Literal[PROFILES] = "small"
     datasets: list[Literal["microlens50k", "amazon_baby", "amazon_games"]] = ["microlens50k"]
     threads: int = Field(1, ge=0)  # torch CPU threads per process, every stage (msr_utils.threads); 0 = torch's default
     processes: int = Field(1, ge=0)  # processes of each model stage (msr_utils.launch); 0 = one per visible GPU
@@ -237,7 +238,16 @@ class AblationLimit(_Section):
 
 class Ablations(_Section):
     variants: dict[str, dict[str, Any]] = {}  # name -> {dotted key: value}
+    run: list[str] = []  # the variants that run (empty = all); each other one records that it was cut
     limit: AblationLimit = AblationLimit()
+
+    @model_validator(mode="after")
+    def _run_names_variants(self):
+        unknown = [name for name in self.run if name not in self.variants]
+        if unknown:
+            raise ValueError(f"ablations.run names {', '.join(map(repr, unknown))}, not in ablations.variants "
+                             f"({', '.join(self.variants) or 'none'})")
+        return self
 
     @field_validator("variants")
     @classmethod
@@ -288,7 +298,8 @@ def _check_profiles(profiles: dict) -> dict:
         if parent is not None and (parent not in profiles or parent == name):
             raise ValueError(f"profile {name!r}: extends {parent!r}, which is not another profile here")
         for key in _leaves({k: v for k, v in tree.items() if k != "extends"}):
-            if key.startswith(("base.", "profiles.")) or not _is_param(key):
+            if (key.startswith("base.") and key not in PROFILE_BASE_KEYS) or key.startswith("profiles.") \
+                    or not _is_param(key):
                 raise ValueError(f"profile {name!r}: {key!r} is not a params key a profile can set (typo?)")
     return profiles
 

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,23 @@ def sh(*cmd, cwd) -> str:
     return done.stdout
 
 
-def repo_copy(dest: Path) -> Path:
-    """The repo as git sees it (tracked + untracked, not ignored), committed in a fresh git at `dest`."""
+def params_text(profile: str = "tiny") -> str:
+    """params.yaml with base.profile set to `profile`: the tests' pipeline check runs the tiny profile
+    (the shipped default, small, takes 45 minutes)."""
+    text, n = re.subn(r"(?m)^(  profile: )\w+", rf"\g<1>{profile}", (ROOT / "params.yaml").read_text(), count=1)
+    assert n == 1, "params.yaml has no base.profile line"
+    return text
+
+
+def repo_copy(dest: Path, profile: str = "tiny") -> Path:
+    """The repo as git sees it (tracked + untracked, not ignored), base.profile set to `profile`,
+    committed in a fresh git at `dest`."""
     files = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=ROOT).split("\0")
     for rel in filter(None, files):
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
+    (dest / "params.yaml").write_text(params_text(profile))
     sh("git", "init", "-q", cwd=dest)
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "copy", cwd=dest)
@@ -76,12 +87,12 @@ def reproduced(tmp_path_factory) -> Path:
 
 
 def new_project(root: Path) -> Path:
-    """A scratch project root: params.yaml (defaults), a link to the shipped sample and the paper's
-    reported numbers."""
+    """A scratch project root: params.yaml (defaults, tiny profile), a link to the shipped sample and the
+    paper's reported numbers."""
     (root / "data").mkdir()
     (root / "data" / "sample").symlink_to(SAMPLE)
     shutil.copy(ROOT / "data" / "paper_reported.csv", root / "data")
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    (root / "params.yaml").write_text(params_text())
     return root
 
 

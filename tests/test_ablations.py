@@ -167,6 +167,20 @@ def test_comparison_has_one_row_per_ablation_without_nan(project):
     assert pairs[pairs["variant"] == "block_3"]["versus"].tolist() == ["tallrec", "block_1", "block_all"]
 
 
+def test_a_variant_left_out_of_ablations_run_says_so_and_has_no_row(project):
+    """The small profile runs three variants: each other one writes a result naming the cut (its DVC
+    outputs exist) and runs nothing; the comparison keeps the variants that ran."""
+    set_params(project, ablations={"run": ["tallrec", "block_3"]})
+    params, m = write_results(project, ["tallrec", "block_3"])
+    result = ablations.run(params, "microlens50k", "block_1")  # no model, no data: it must not load any
+    assert result["metrics"] is None and "ablations.run = tallrec, block_3" in result["skipped"]
+    p = ablations.paths(params, "microlens50k", "block_1")
+    assert json.loads(p["result"].read_text()) == result
+    assert (p["root"] / "SKIPPED.txt").read_text().strip() == result["skipped"]
+    out = compare.table(params, "microlens50k", baselines(m))
+    assert set(out.loc[out["source"] == compare.ABLATION_SOURCE, "variant"]) == {"tallrec", "block_3"}
+
+
 def test_block_sweep_has_one_point_per_size_and_the_plot_shows_them(project):
     params, m = write_results(project, ["block_all", "block_1", "block_5", "block_3", "no_recurrence"])
     table = compare.table(params, "microlens50k", baselines(m))

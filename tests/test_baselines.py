@@ -20,7 +20,7 @@ from msr_utils.baselines.pop import Pop
 from msr_utils.baselines.train import TrainConfig, softmax_items, windows
 from msr_utils.config import load_params
 from msr_utils.data.images import placeholder
-from tests.conftest import ROOT, set_params
+from tests.conftest import ROOT, params_text, set_params
 
 N_ITEMS, HIST, DS = 40, 5, "microlens50k"
 WORDS = ("apple river guitar tiger castle rocket violin desert ocean pencil camera dragon forest "
@@ -47,7 +47,7 @@ def _rows(rng, n_users: int, n_neg: int, first_user: int) -> pd.DataFrame:
 def project(tmp_path_factory):
     """A scratch project whose microlens50k folder holds the synthetic ring task."""
     root = tmp_path_factory.mktemp("baselines")
-    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (root / "params.yaml").write_text(params_text())
     data = root / "data" / "processed" / DS
     (data / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)

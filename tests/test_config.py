@@ -8,7 +8,7 @@ from tests.conftest import ROOT, set_params
 
 def test_shipped_params_are_valid():
     p = load_params(ROOT / "params.yaml")
-    assert p.base.profile == "tiny" and p.data.source == "sample"
+    assert p.base.profile == "small" and p.data.source == "sample"
     assert p.root == ROOT
 
 
@@ -78,6 +78,20 @@ def test_bad_profiles_are_named(project, profiles, message):
     path = set_params(project, profiles=profiles)
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_a_profile_sets_its_processes_and_a_section_value_wins(project):
+    """base.processes is the one base key a profile may set (how many processes suit its models)."""
+    assert load_params(project / "params.yaml", {"base.profile": "small"}).base.processes == 2
+    assert load_params(project / "params.yaml", {"base.profile": "tiny"}).base.processes == 1
+    path = set_params(project, base={"processes": 1})
+    with pytest.warns(ProfileShadowWarning, match=r"base\.processes = 1 .* wins over profile 'small''s 2"):
+        assert load_params(path, {"base.profile": "small"}).base.processes == 1
+
+
+def test_ablations_run_names_known_variants(project):
+    with pytest.raises(ConfigError, match=r"ablations.run names 'block_4', not in ablations.variants"):
+        load_params(project / "params.yaml", {"ablations.run": ["block_3", "block_4"]})
 
 
 def test_bad_profile_value_names_the_key(project):

@@ -12,7 +12,7 @@ from msr_utils import cache, models, prompts, summarize, tiny, users
 from msr_utils.config import ConfigError, UserSummary, load_params
 from msr_utils.data import split
 from msr_utils.data.schema import HISTORY, ITEM, SPLITS, TARGET, TARGET_POS, TITLE, USER, DataError
-from tests.conftest import ROOT, count_generate, shard_keys
+from tests.conftest import ROOT, count_generate, params_text, shard_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = UserSummary(block_size=3, batch_size=4, max_new_tokens=4)
@@ -274,7 +274,7 @@ def test_empty_generation_keeps_the_previous_summary(lm, tmp_path, monkeypatch):
 
 def write_project(root, tiny_dir, lengths=LENGTHS, **user_summary):
     """A scratch project: params.yaml (tiny LM, small generation) + processed tables + item summaries."""
-    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tree = yaml.safe_load(params_text())
     tree["models"]["tiny"]["lm"] = str(tiny_dir / tiny.LM_DIR)
     tree["user_summary"].update({"batch_size": 4, "max_new_tokens": 4, **user_summary})
     (root / "params.yaml").write_text(yaml.safe_dump(tree))
