@@ -38,15 +38,15 @@ def params_text(profile: str = "tiny") -> str:
     return text
 
 
-def repo_copy(dest: Path, profile: str = "tiny") -> Path:
-    """The repo as git sees it (tracked + untracked, not ignored), base.profile set to `profile`,
+def repo_copy(dest: Path) -> Path:
+    """The repo as git sees it (tracked + untracked, not ignored), on the tiny profile (params_text),
     committed in a fresh git at `dest`."""
     files = sh("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=ROOT).split("\0")
     for rel in filter(None, files):
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
-    (dest / "params.yaml").write_text(params_text(profile))
+    (dest / "params.yaml").write_text(params_text())
     sh("git", "init", "-q", cwd=dest)
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "copy", cwd=dest)
