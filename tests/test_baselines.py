@@ -20,7 +20,7 @@ from msr_utils.baselines.pop import Pop
 from msr_utils.baselines.train import TrainConfig, softmax_items, windows
 from msr_utils.config import load_params
 from msr_utils.data.images import placeholder
-from tests.conftest import ROOT, params_text, set_params
+from tests.conftest import params_text, set_params
 
 N_ITEMS, HIST, DS = 40, 5, "microlens50k"
 WORDS = ("apple river guitar tiger castle rocket violin desert ocean pencil camera dragon forest "

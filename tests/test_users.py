@@ -12,7 +12,7 @@ from msr_utils import cache, models, prompts, summarize, tiny, users
 from msr_utils.config import ConfigError, UserSummary, load_params
 from msr_utils.data import split
 from msr_utils.data.schema import HISTORY, ITEM, SPLITS, TARGET, TARGET_POS, TITLE, USER, DataError
-from tests.conftest import ROOT, count_generate, params_text, shard_keys
+from tests.conftest import count_generate, params_text, shard_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = UserSummary(block_size=3, batch_size=4, max_new_tokens=4)
