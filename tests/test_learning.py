@@ -127,6 +127,7 @@ def test_labels_shifted_by_one_position_are_caught(tmp_path, models_dir, monkeyp
     def shifted(self, batch):
         enc = collate(self, batch)
         enc["labels"] = torch.cat([enc["labels"][:, 1:], torch.full_like(enc["labels"][:, :1], sft.IGNORE)], 1)
+        enc["logits_to_keep"], enc["shift_labels"] = sft.answer_positions(enc["labels"])  # what the loss reads
         return enc
 
     monkeypatch.setattr(sft.Collator, "__call__", shifted)
