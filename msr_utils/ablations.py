@@ -92,7 +92,7 @@ def cut(params: Params, dataset: str, variant: str) -> dict:
     """A variant that `ablations.run` leaves out: its result (no metrics) and its folder say so."""
     p = paths(params, dataset, variant)
     reason = (f"not run: profile {params.base.profile!r} runs only ablations.run = {', '.join(params.ablations.run)} "
-              f"(its time budget); `dvc exp run -S 'ablations.run=[]'` runs every variant")
+              f"(its time budget); `dvc exp run -S 'profiles.{params.base.profile}.ablations.run=[]'` runs every variant")
     result = {"dataset": dataset, "variant": variant, "overrides": params.ablations.variants[variant],
               "profile": params.base.profile, "skipped": reason, "metrics": None}
     p["root"].mkdir(parents=True)

@@ -87,6 +87,15 @@ class ModelSet(_Section):
     lm: str          # run the LM on text only (images enter as item summaries, never as pixels)
     quantization: Literal["none", "4bit"] = "none"
 
+    def role(self, role: str) -> str:
+        """The role whose model runs for `role` ("vlm" | "lm"): "lm" for "vlm" where there is no VLM."""
+        return "lm" if role == "vlm" and self.vlm is None else role
+
+    @property
+    def recommender(self) -> str:
+        """The model stages 02, 04 and 05 run: the VLM, else the LM (text only)."""
+        return getattr(self, self.role("vlm"))
+
 
 class Models(_Section):
     tiny: ModelSet = ModelSet(vlm="data/models/tiny-vlm", lm="data/models/tiny-lm")

@@ -152,8 +152,8 @@ def source(params: Params) -> str:
     if pipeline_check(params.base.profile):
         return f"pipeline check ({params.base.profile} random model), not a result"
     chosen = params.models_in_use
-    if chosen.vlm is None:
-        return (f"ours: real weights {chosen.lm}, text only (no VLM; an item's image enters only as its "
+    if chosen.role("vlm") == "lm":
+        return (f"ours: real weights {chosen.recommender}, text only (no VLM; an item's image enters only as its "
                 "item summary, none without a real image)")
     return f"ours: {chosen.vlm} (recommender), {chosen.lm} (user summaries)"
 
@@ -304,7 +304,7 @@ def markdown(table: pd.DataFrame, params: Params, dataset: str, paired: pd.DataF
     shown = reported.display(table, dataset, paths(params, dataset)["reported"])
     chosen = params.models_in_use
     parts = [f"# {dataset}: test results\n\nAll metrics x 100. Ours: profile `{params.base.profile}`, model "
-             f"`{chosen.vlm or chosen.lm}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
+             f"`{chosen.recommender}`, seed {params.base.seed}, {table['n_groups'].iloc[0]} test rows "
              f"(eval.limit = {params.eval.limit}; 0 = all), candidates grouped by row. "
              f"{note} {reported.NOTE} {tables.INTERVAL_NOTE}",
              "## AUC, HR@5, MRR@5 (the paper's metrics)", tables.markdown_rows(tables.lead(shown))]

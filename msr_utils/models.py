@@ -127,8 +127,7 @@ def load_profile(params, role: str) -> LoadedModel:
     to base.threads (0: left as they are) for the stage that loads it."""
     set_torch_threads(params.base.threads)
     chosen = params.models_in_use
-    if role == "vlm" and chosen.vlm is None:  # no VLM in this profile: its stages run the LM on text
-        role = "lm"
+    role = chosen.role(role)  # no VLM in this profile: its stages run the LM on text
     ref = getattr(chosen, role)
     local = params.path(ref)
     if params.base.profile == "paper" and not torch.cuda.is_available():

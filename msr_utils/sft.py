@@ -223,7 +223,8 @@ def load_tables(params: Params, dataset: str) -> dict[str, Any]:
 class Collator:
     """Right-padded batch of finished conversations (+ images); labels keep only the last n_answer
     real tokens of each row (answer + end token). With `answer_logits` the batch also carries
-    `answer_positions`: the output layer then runs only where a label is read."""
+    `logits_to_keep` and `shift_labels` (`answer_positions`): the output layer then runs only where a
+    label is read."""
     processor: Any
     tokenizer: Any
     kind: str

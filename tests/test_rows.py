@@ -60,3 +60,7 @@ def test_the_small_profile_generates_only_for_used_rows():
     p = params(**{"base.profile": "small"})
     assert p.user_summary.rows == "used" and p.item_summary.items == "used" and p.sft.limit > 0
     assert p.models_in_use.vlm is None and not p.item_summary.title_only
+    # no VLM: the stages that would run it run the LM, and every record names the LM
+    assert p.models_in_use.role("vlm") == "lm" and p.models_in_use.recommender == p.models_in_use.lm
+    twin = params(**{"base.profile": "twin"}).models_in_use
+    assert twin.role("vlm") == "vlm" and twin.recommender == twin.vlm and twin.role("lm") == "lm"
