@@ -1,5 +1,6 @@
 """Stage 04: prompt-masked labels, LoRA placement, training, resume, adapter reload (tiny model)."""
 
+import dataclasses
 import json
 import shutil
 from functools import partial
@@ -170,6 +171,15 @@ def test_valid_pairs_are_scored_by_the_base_model_then_the_adapter(project, trai
     assert m["valid_auc_fine_tuned"] == pytest.approx(roc_auc_score(tuned["label"], tuned["score"]))
     assert 0 < m["valid_answer_mass_zero_shot"] < m["valid_answer_mass_fine_tuned"] < 1  # 6 steps: learning
     assert p["valid_plot"].stat().st_size > 0
+
+
+def test_the_adapter_is_scored_in_the_base_models_dtype(project, trained):
+    """peft keeps a loaded LoRA in fp32 unless told: on a bf16 base every LoRA matmul would run in fp32."""
+    loaded, params = loaded_and_params(project)
+    bf16 = dataclasses.replace(loaded, model=loaded.model.to(torch.bfloat16))
+    tuned = evaluate.load_adapter(bf16, sft.paths(params, DATASET)["adapter"])
+    lora = {p.dtype for name, p in tuned.model.named_parameters() if "lora_" in name}
+    assert lora == {torch.bfloat16}
 
 
 class StopAfterSave(TrainerCallback):
