@@ -160,6 +160,7 @@ class Sft(_Section):
     weight_decay: float = Field(0.0, ge=0)
     gradient_checkpointing: bool = False
     save_steps: int = Field(20, ge=1)
+    keep_checkpoints: int = Field(2, ge=0)  # checkpoints kept in data/checkpoints; 0 = all (msr_utils.curve scores each)
     logging_steps: int = Field(5, ge=1)
     eval_points: int = Field(10, ge=1)  # most eval-loss evaluations in a run (never more often than save_steps)
     eval_examples: int = Field(256, ge=0)  # valid examples in each (a seeded sample of rows); 0 = all

@@ -52,19 +52,20 @@ def paths(params: Params, dataset: str) -> dict[str, Path]:
     }
 
 
-def build_examples(params: Params, dataset: str, loaded: models.LoadedModel) -> pd.DataFrame:
-    """The test rows' candidates as recommender prompts (recommender.examples), eval.limit rows."""
+def build_examples(params: Params, dataset: str, loaded: models.LoadedModel, split: str = SPLIT) -> pd.DataFrame:
+    """The `split` rows' candidates (target + data.neg_eval negatives) as recommender prompts
+    (recommender.examples), eval.limit rows; stage 05 scores the test split, msr_utils.curve the valid one."""
     p = paths(params, dataset)
-    for name in ("test", "items", "info"):
+    for name in (split, "items", "info"):
         require(p[name], STAGE_01)
     require(p["preferences"], STAGE_03)
-    rows = first(pd.read_parquet(p["test"]), params.eval.limit)
+    rows = first(pd.read_parquet(p[split]), params.eval.limit)
     item_summaries = None
     if params.item_summary.enabled and params.sft.candidate_summary:
         item_summaries = pd.read_parquet(require(p["item_summaries"], STAGE_02, "set sft.candidate_summary: false"))
     return recommender.examples(
         rows, pd.read_parquet(p["preferences"]), pd.read_parquet(p["items"]), item_summaries,
-        loaded.processor, kind=json.loads(p["info"].read_text())["noun"], split=SPLIT,
+        loaded.processor, kind=json.loads(p["info"].read_text())["noun"], split=split,
         with_image=params.sft.candidate_image and loaded.kind == "vlm",
         placeholder_images=params.item_summary.placeholder_images, order=params.recommender.order)
 

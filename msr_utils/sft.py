@@ -392,7 +392,7 @@ def training_args(params: Params, folder: Path, progress: bool = True, train_exa
         gradient_accumulation_steps=cfg.grad_accum, activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logging_steps, logging_first_step=True,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.keep_checkpoints or None,
         eval_strategy="steps", eval_steps=cfg.save_steps,  # sized below, once world_size is known
         train_sampling_strategy="group_by_length", length_column_name=LENGTH, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", bf16=bf16, fp16=on_cuda and not bf16,

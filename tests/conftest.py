@@ -144,6 +144,28 @@ def prepared_project(root: Path, model_seed: int, **sections):
     return prepare.run(load_params(root / "params.yaml"), "microlens50k")
 
 
+def sft_project(root: Path, **sections) -> Path:
+    """prepared_project plus fixed item summaries and user preferences (stand-ins for stages 02 and 03):
+    what stage 04 and later read."""
+    import pandas as pd
+
+    from msr_utils import sft
+    from msr_utils.config import load_params
+    from msr_utils.data.schema import ITEM
+
+    result = prepared_project(root, model_seed=1, **sections)
+    p = sft.paths(load_params(root / "params.yaml"), "microlens50k")
+    p["preferences"].parent.mkdir(parents=True)
+    pd.concat([part[["user_id", "target_pos"]].assign(split=name, preference=SFT_PREFERENCE)
+               for name, part in result.splits.items()]).to_parquet(p["preferences"])
+    result.items[[ITEM]].assign(summary=SFT_SUMMARY).to_parquet(p["item_summaries"])
+    return root
+
+
+SFT_PREFERENCE = "The user appears to have a preference for short funny videos about games."
+SFT_SUMMARY = "a bright cover with large white text"
+
+
 def set_params(project: Path, **sections) -> Path:
     """Update sections of the scratch project's params.yaml; returns its path."""
     path = project / "params.yaml"

@@ -19,11 +19,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from msr_utils import evaluate, models, prompts, recommender, scoring, sft
 from msr_utils.config import load_params
 from msr_utils.data.schema import ITEM
-from tests.conftest import prepared_project
+from tests.conftest import SFT_PREFERENCE, SFT_SUMMARY, sft_project
 
 DATASET = "microlens50k"
-PREFERENCE = "The user appears to have a preference for short funny videos about games."
-SUMMARY = "a bright cover with large white text"
+PREFERENCE, SUMMARY = SFT_PREFERENCE, SFT_SUMMARY
 SMALL = {"limit": 12, "batch_size": 4, "epochs": 1, "lr": 3.0e-3, "logging_steps": 1, "save_steps": 2}
 
 
@@ -31,15 +30,7 @@ SMALL = {"limit": 12, "batch_size": 4, "epochs": 1, "lr": 3.0e-3, "logging_steps
 def project(tmp_path_factory):
     """Scratch project: tiny models, a prepared 20-user sample, fixed item summaries and user
     preferences (stand-ins for stages 02 and 03)."""
-    root = tmp_path_factory.mktemp("proj")
-    result = prepared_project(root, model_seed=1, sft=SMALL)
-    params = load_params(root / "params.yaml")
-    p = sft.paths(params, DATASET)
-    p["preferences"].parent.mkdir(parents=True)
-    pd.concat([part[["user_id", "target_pos"]].assign(split=name, preference=PREFERENCE)
-               for name, part in result.splits.items()]).to_parquet(p["preferences"])
-    result.items[[ITEM]].assign(summary=SUMMARY).to_parquet(p["item_summaries"])
-    return root
+    return sft_project(tmp_path_factory.mktemp("proj"), sft=SMALL)
 
 
 @pytest.fixture(scope="module")
