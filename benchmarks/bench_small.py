@@ -4,7 +4,8 @@ One unit per model stage, on the stage's own prompt builders and code: stage 03 
 user-summary call (a 3-title block of the sample, `--new-tokens` greedy tokens, batch `--batch`),
 stage 04 one training example (a LoRA step as `sft.with_lora` places it: forward, backward, AdamW, on
 `--batch` recommender prompts), stage 05 one scored candidate (`scoring.score_examples`, shared
-user prefix, 21 candidates per row). The fp32 weights are the GGUF's exact values; bf16 is the same
+user prefix, 21 candidates per row), zero-shot and fine-tuned (that LoRA as `evaluate.load_adapter`
+loads it, in the model's dtype, and as peft loads it by default, in fp32). The fp32 weights are the GGUF's exact values; bf16 is the same
 model cast. Prints seconds per unit for each dtype, the bf16 / fp32 speed ratio, and whether the
 greedy summaries agree. bf16 pays only on CPUs with bf16 matmul instructions (AMX, AVX512-BF16).
 Run: python benchmarks/bench_small.py [--rows 4] [--batch 8] [--new-tokens 64]
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from peft import PeftModel
 from transformers.utils import logging as hf_logging
 
-from msr_utils import models, prompts, recommender, scoring, sft, small, summarize
+from msr_utils import evaluate, models, prompts, recommender, scoring, sft, small, summarize
 from msr_utils.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +88,18 @@ def units(loaded, args, params) -> tuple[dict[str, float], list[str]]:
 
     step()  # warm-up (optimizer state)
     s04 = timed(step)
+    with tempfile.TemporaryDirectory() as adapter:  # stage 05's fine_tuned: the adapter as evaluate loads it
+        lora.save_pretrained(adapter)
+        tuned = evaluate.load_adapter(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), Path(adapter))
+        s05_tuned = timed(lambda: scoring.score_examples(tuned, examples, progress=False))
+        default = PeftModel.from_pretrained(copy.deepcopy(loaded.model), adapter).eval()  # peft keeps LoRA in fp32
+        s05_fp32_lora = timed(lambda: scoring.score_examples(dataclasses.replace(loaded, model=default), examples,
+                                                             progress=False))
     per = {"stage 03: s per user-summary call": s03 / len(texts),
            "stage 04: s per training example": s04 / args.batch,
-           "stage 05: s per scored candidate": s05 / len(examples)}
+           "stage 05: s per scored candidate": s05 / len(examples),
+           "stage 05: s per scored candidate, fine-tuned": s05_tuned / len(examples),
+           "stage 05: the same, LoRA left in fp32 (peft's default)": s05_fp32_lora / len(examples)}
     return per, answers
 
 

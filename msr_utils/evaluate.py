@@ -87,7 +87,7 @@ def check_adapter(adapter_dir: Path, model_ref: str | None = None) -> None:
 def load_adapter(loaded: models.LoadedModel, adapter_dir: Path) -> models.LoadedModel:
     """The base model with the stage-04 LoRA adapter applied (in place: score zero-shot first), in the
     base model's dtype: peft's default keeps LoRA weights in fp32, which on the small profile's bf16
-    model runs every LoRA matmul in fp32 (2.1x the time per scored candidate, docs/measured.md)."""
+    model runs every LoRA matmul in fp32 (1.17x the time per fine-tuned candidate, benchmarks/bench_small.py)."""
     from peft import PeftModel
 
     check_adapter(adapter_dir, loaded.model_ref)

@@ -145,8 +145,9 @@ def exp_queued(command: Command, request) -> None:
 
 
 def run_in_copy(command: Command, request) -> None:
-    """Commands that write DVC outputs: as written, in a copy of the reproduced repo (`/tmp/` moved into
-    the test's folder); the fine-tuning CLI on a small cut (sft.limit: 8 training rows)."""
+    """Commands that write DVC outputs or results: as written, in a copy of the reproduced repo (`/tmp/`
+    moved into the test's folder); the fine-tuning CLI on a small cut (sft.limit: 8 training rows), the
+    learning curve on the checkpoints the reproduced run kept."""
     tmp = request.getfixturevalue("tmp_path")
     repo = shutil.copytree(request.getfixturevalue("reproduced"), tmp / "repo", symlinks=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -158,6 +159,9 @@ def run_in_copy(command: Command, request) -> None:
         executed = nbformat.read(tmp / command.text.split()[2].removeprefix("/tmp/"), as_version=4)
         given = dict(zip(re.findall(r"-p (\S+)", command.text), re.findall(r"-p \S+ (\S+)", command.text)))
         assert {k: str(v) for k, v in executed.metadata.papermill.parameters.items()} == given
+    elif "msr_utils.curve" in command.text:  # the kept checkpoints of the reproduced run, after the base model
+        steps = [int(line.split()[1]) for line in out.splitlines() if line.strip().startswith("step_")]
+        assert steps[0] == 0 and len(steps) >= 2 and steps == sorted(steps), out
     else:
         assert json.loads(out[re.search(r"^\{$", out, re.M).start():])["steps"] > 0  # the metrics it prints last
 
@@ -305,7 +309,7 @@ RULES = [
     Rule(r"dvc exp show .*", run_in_workspace),
     Rule(r"dvc exp run (--queue )?-S (?!base\.profile=paper)\S+( -S \S+)*( && dvc exp run --run-all)?", exp_queued),
     Rule(r"\.venv/bin/papermill notebooks/\S+ /tmp/\S+ --cwd notebooks( -p \S+ \S+)+", run_in_copy),
-    Rule(r"python -m msr_utils\.sft --dataset \S+( --set \S+)*", run_in_copy),
+    Rule(r"python -m msr_utils\.(sft|curve) --dataset \S+( --set \S+)*", run_in_copy),
     Rule(r"python -m msr_utils\.baselines\.full --dataset \S+( --set \S+)*", full_baselines),
     Rule(r"papermill notebooks/\S+ out\.ipynb --cwd notebooks( -p \S+ \S+)+", notebook_parameters),
     Rule(r"python benchmarks/bench_\w+\.py( --[\w-]+( \w+)?)*", help_lists_flags),
