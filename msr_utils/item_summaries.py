@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msr_utils import launch, models, summarize, users
+from msr_utils import image_labels, launch, models, summarize, users
 from msr_utils.config import Params
 from msr_utils.data.schema import IMAGE_PATH, IMAGE_PLACEHOLDER, ITEM, SPLITS
 from msr_utils.paths import STAGE_01, artifacts, require
@@ -29,6 +29,13 @@ def users_used_items(params: Params, dataset: str) -> set[str]:
     return used_items(params, users.load_rows(params, dataset), splits)
 
 
+def real_images(items: pd.DataFrame, root: Path) -> dict[str, Path]:
+    """{item_id: image file} of the items with a real image: no VLM reads them, so each enters as its
+    ImageNet labels (image_labels.py); a placeholder card never (it is not an image of the item)."""
+    real = items[items[IMAGE_PATH].fillna("").astype(str).ne("") & ~items[IMAGE_PLACEHOLDER].astype(bool)]
+    return {str(item): root / path for item, path in zip(real[ITEM], real[IMAGE_PATH])}
+
+
 def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
     """Summaries for the dataset's items (cached, resumable); writes parquet + metrics.
 
@@ -47,12 +54,13 @@ def run(params: Params, dataset: str) -> tuple[pd.DataFrame, dict]:
         items = items.head(cfg.limit)
     i, n = (int(x) for x in cfg.shard.split("/"))
     loaded = models.load_profile(params, "vlm")
+    labels = image_labels.top_labels(real_images(items, params.root)) if loaded.kind == "lm" else None
     summaries, stats = summarize.summarize_items(
         items, loaded, p["cache"], image_root=params.root,
         dataset_kind=json.loads(p["info"].read_text())["noun"], batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, seed=params.base.seed, shard=(i, n) if n > 1 else None,
         wording=cfg.prompt,
-        placeholder_images=cfg.placeholder_images)
+        placeholder_images=cfg.placeholder_images, labels=labels)
     placeholders = set(items.loc[items[IMAGE_PLACEHOLDER], ITEM])
     stats["placeholder_images_used"] = int((summaries[summarize.IMAGE_USED]
                                             & summaries[ITEM].isin(placeholders)).sum())

@@ -55,6 +55,15 @@ ITEM_SUMMARY_PRODUCT_TITLE_ONLY = (
     "describe in one continuous paragraph what the product likely is, what it is used for and what "
     "it likely looks like."
 )
+# A real image and no VLM (the small profile): the title and the image's ImageNet labels (image_labels.py).
+ITEM_SUMMARY_LABELS = {
+    "video": ("A video is titled \"{title}\". An image classifier sees in its cover: {labels}. Based on the title "
+              "and these labels, describe in one continuous paragraph what the video is likely about and what its "
+              "cover shows."),
+    "product": ("A product is titled \"{title}\". An image classifier sees in its image: {labels}. Based on the title "
+                "and these labels, describe in one continuous paragraph what the product likely is, what it is used "
+                "for and what it looks like."),
+}
 ITEM_SUMMARY_TEMPLATES = {
     ("video", True, "ours"): ITEM_SUMMARY_VIDEO,
     ("video", True, "official"): ITEM_SUMMARY_VIDEO_OFFICIAL,
@@ -101,9 +110,10 @@ def text_contents(messages: list[dict]) -> list[dict]:
             if isinstance(m["content"], list) else m for m in messages]
 
 
-def item_summary_messages(title: str, template: str, with_image: bool) -> list[dict]:
-    """Chat messages asking for a summary of one item."""
-    return user_message(template.format(title=title.strip()), with_image)
+def item_summary_messages(title: str, template: str, with_image: bool, labels: Sequence[str] = ()) -> list[dict]:
+    """Chat messages asking for a summary of one item (`labels`: its image's ImageNet labels, for
+    ITEM_SUMMARY_LABELS)."""
+    return user_message(template.format(title=title.strip(), labels=", ".join(labels)), with_image)
 
 
 # --- user preference summaries (stage 03) -------------------------------------------------------

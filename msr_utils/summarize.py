@@ -57,6 +57,7 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
                     temperature: float | None = None, top_p: float | None = None, seed: int = 0,
                     shard: tuple[int, int] | None = None, templates: dict[bool, str] | None = None,
                     wording: str = "ours", placeholder_images: bool = False,
+                    labels: dict[str, list[str]] | None = None,
                     progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Summarise each unique item (image + title, or title only) with `loaded`.
 
@@ -66,6 +67,8 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
     templates: {with_image: template} overrides of the prompts.py templates (experiments, tests).
     placeholder_images: feed placeholder cards to the VLM like real images (a pipeline check of the
     image path on the tiny profile); False treats them as missing (title-only prompt).
+    labels: {item_id: ImageNet labels of its real image} (image_labels.py) for an LM (no VLM): those
+    items get the title + labels prompt (prompts.ITEM_SUMMARY_LABELS) instead of the title-only one.
     Returns (DataFrame of ITEM_SUMMARY_COLUMNS in input order, stats dict).
     """
     check_columns(items, [ITEM, TITLE, IMAGE_PATH, IMAGE_PLACEHOLDER], "summarize_items(items)")
@@ -76,6 +79,9 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
     templates = {w: (templates or {}).get(w) or prompts.item_summary_template(dataset_kind, w, wording)
                  for w in (True, False)}
     hashes = {w: prompts.prompt_hash([t, json.dumps(gen, sort_keys=True)]) for w, t in templates.items()}
+    labels = labels or {}
+    labelled = prompts.ITEM_SUMMARY_LABELS[dataset_kind] if labels else None
+    labels_hash = prompts.prompt_hash([labelled, json.dumps(gen, sort_keys=True)]) if labels else None
     root = Path(image_root) if image_root is not None else Path()
 
     requests = []
@@ -88,6 +94,9 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
             requests.append(Request(item_id, prompts.item_summary_messages(title, templates[True], True),
                                     hashes[True], fallback, image_path=root / path,
                                     text_messages=text_only, text_hash=hashes[False]))
+        elif item_id in labels:  # an LM: the real image enters as its labels (never a placeholder's)
+            requests.append(Request(item_id, prompts.item_summary_messages(title, labelled, False, labels[item_id]),
+                                    labels_hash, fallback))
         else:
             requests.append(Request(item_id, text_only, hashes[False], fallback))
 
@@ -95,6 +104,7 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
                                      gen_kwargs=gen, progress=progress, desc="item summaries", seed=seed)
     out = records.rename(columns={KEY: ITEM})[ITEM_SUMMARY_COLUMNS].reset_index(drop=True)
     stats["title_only"] = int((~out[IMAGE_USED]).sum())
+    stats["image_labels"] = int(out[ITEM].isin(labels).sum())  # of those: title + the image's ImageNet labels
     return out, stats
 
 
