@@ -81,7 +81,6 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
     hashes = {w: prompts.prompt_hash([t, json.dumps(gen, sort_keys=True)]) for w, t in templates.items()}
     labels = labels or {}
     labelled = prompts.ITEM_SUMMARY_LABELS[dataset_kind] if labels else None
-    labels_hash = prompts.prompt_hash([labelled, json.dumps(gen, sort_keys=True)]) if labels else None
     root = Path(image_root) if image_root is not None else Path()
 
     requests = []
@@ -96,7 +95,8 @@ def summarize_items(items: pd.DataFrame, loaded: LoadedModel, cache_dir: str | P
                                     text_messages=text_only, text_hash=hashes[False]))
         elif item_id in labels:  # an LM: the real image enters as its labels (never a placeholder's)
             requests.append(Request(item_id, prompts.item_summary_messages(title, labelled, False, labels[item_id]),
-                                    labels_hash, fallback))
+                                    prompts.prompt_hash([labelled, json.dumps(gen, sort_keys=True), *labels[item_id]]),
+                                    fallback))  # the labels in the hash: another cover, another summary
         else:
             requests.append(Request(item_id, text_only, hashes[False], fallback))
 

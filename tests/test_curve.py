@@ -16,7 +16,7 @@ RUN = {"limit": 12, "batch_size": 4, "epochs": 1, "lr": 3.0e-3, "logging_steps":
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = sft_project(tmp_path_factory.mktemp("curve"), sft=RUN, base={"processes": 1})
+    root = sft_project(tmp_path_factory.mktemp("curve"), sft=RUN, base={"processes": 1}, eval={"workers": 1})
     sft.run(load_params(root / "params.yaml"), DATASET, progress=False)
     return root
 

@@ -1,6 +1,7 @@
 """ImageNet labels of real images in a profile without a VLM (msr_utils.image_labels, stage 02)."""
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +46,10 @@ def test_an_lm_reads_the_labels_of_a_real_image_and_never_of_a_placeholder(lm, t
     assert "An image classifier sees in its cover: military uniform, " in seen["real"] and "navy day" in seen["real"]
     assert "classifier" not in seen["card"] and "classifier" not in seen["none"]  # the title-only prompt
     assert stats["image_labels"] == 1 and not out["image_used"].any()  # no pixels reach the LM
+    again = partial(summarize.summarize_items, items, lm, tmp_path / "cache", image_root=tmp_path, max_new_tokens=4,
+                    progress=False)
+    assert again(labels=labels)[1]["generated"] == 0
+    assert again(labels={"real": ["suit"]})[1]["generated"] == 1  # another cover's labels: another summary
 
 
 def test_only_real_images_are_labelled():
