@@ -8,6 +8,7 @@ learn something); only a model of the order can rank the one true next item firs
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -134,16 +135,19 @@ def test_runner_trains_each_seed_and_reports_mean_and_spread(project):
 
 
 def test_worker_processes_give_the_numbers_of_one_process(project):
-    """The runs are seeded one by one: 2 spawned workers (finishing in any order) = this process alone."""
+    """The runs are seeded one by one: 2 spawned workers (finishing in any order, features computed in
+    a worker) = this process alone."""
     tables = {}
     for n in (1, 2):
         params = load_params(project / "params.yaml", {"baselines.epochs": 2, "baselines.seeds": 2,
                                                        "baselines.workers": n,
                                                        "baselines.models": ["pop", "gru4rec", "gru4rec_title"]})
         assert run.workers(params, 5) == n
+        shutil.rmtree(run.paths(params, DS)["cache"], ignore_errors=True)  # each n computes its features
         run.run(params, DS)
         tables[n] = pd.read_csv(project / "results" / DS / "baselines.csv")
-        assert json.loads((project / "results" / DS / "baselines.json").read_text())["workers"] == n
+        saved = json.loads((project / "results" / DS / "baselines.json").read_text())
+        assert saved["workers"] == n and saved["models"]["gru4rec_title"]["title_cache_hit"] is False
     assert tables[1][["name", "seed"]].values.tolist() == [
         ["pop", 2024], ["gru4rec", 2024], ["gru4rec", 2025], ["gru4rec_title", 2024], ["gru4rec_title", 2025]]
     pd.testing.assert_frame_equal(tables[1].drop(columns="seconds"), tables[2].drop(columns="seconds"))

@@ -111,9 +111,10 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
     """Every requested baseline on one dataset, every seed; one row per baseline (mean over seeds,
     spread); writes json + csv.
 
-    The (baseline, seed) runs go to `workers` processes (spawned; each with base.threads torch
-    threads): ID-only runs start at once, a feature model's runs once this process has its frozen
-    features. Every run is seeded on its own, so any number of workers gives the same numbers."""
+    The frozen features and the (baseline, seed) runs go to `workers` processes (spawned; each with
+    base.threads torch threads): the feature models' features first (the longest path), the ID-only
+    runs beside them, a feature model's runs once its features are back. Every run is seeded on its
+    own, so any number of workers gives the same numbers."""
     p = paths(params, dataset)
     rows = {s: pd.read_parquet(p[s]) for s in SPLITS}
     if params.eval.limit:
@@ -124,11 +125,16 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
     about, futures, done = {}, {}, {}
     bar = tqdm(total=len(jobs), desc=f"baselines x seeds ({n} {'process' if n == 1 else 'processes'})")
     try:
-        with torch_threads(params.base.threads), pool(n, _start, (params, rows, items[ITEM], n == 1)) as runs:
+        with torch_threads(params.base.threads), pool(n, _start, (params, rows, items, dataset, n == 1)) as runs:
+            featured = {runs.submit(_features, name): name for name in params.baselines.models if name not in ID_ONLY}
             for name in params.baselines.models:
-                start = time.perf_counter()
-                feats, info = item_features(name, params, items, dataset)
-                about[name] = {**info, "feature_seconds": round(time.perf_counter() - start, 2), "runs": {}}
+                if name in ID_ONLY:
+                    about[name] = {"feature_seconds": 0.0, "runs": {}}
+                    futures |= {runs.submit(_fit_seed, name, seed, None): (name, seed) for seed in seeds(params, name)}
+            for future in as_completed(featured):
+                name = featured[future]
+                feats, info, seconds = future.result()
+                about[name] = {**info, "feature_seconds": seconds, "runs": {}}
                 futures |= {runs.submit(_fit_seed, name, seed, feats): (name, seed) for seed in seeds(params, name)}
             for future in as_completed(futures):
                 name, seed = futures[future]
@@ -159,13 +165,20 @@ def run(params: Params, dataset: str) -> pd.DataFrame:
 
 # --- the (baseline, seed) runs: in this process or in worker processes ------------------------------
 
-_WORKER: dict = {}  # what every run reads: params, rows, vocab, progress (set by _start)
+_WORKER: dict = {}  # what every job reads: params, rows, items, dataset, vocab, progress (set by _start)
 
 
-def _start(params: Params, rows: dict[str, pd.DataFrame], item_ids: pd.Series, progress: bool) -> None:
+def _start(params: Params, rows: dict[str, pd.DataFrame], items: pd.DataFrame, dataset: str, progress: bool) -> None:
     """A worker's (or this process's) shared inputs, once; its torch threads."""
-    _WORKER.update(params=params, rows=rows, vocab=Vocab(item_ids), progress=progress)
+    _WORKER.update(params=params, rows=rows, items=items, dataset=dataset, vocab=Vocab(items[ITEM]), progress=progress)
     set_torch_threads(params.base.threads)
+
+
+def _features(name: str) -> tuple[np.ndarray, dict, float]:
+    """One feature model's frozen item features, about them, and the seconds they took."""
+    w, start = _WORKER, time.perf_counter()
+    feats, info = item_features(name, w["params"], w["items"], w["dataset"])
+    return feats, info, round(time.perf_counter() - start, 2)
 
 
 def _fit_seed(name: str, seed: int, feats: np.ndarray | None) -> dict:
