@@ -38,7 +38,9 @@ def table(params: Params, dataset: str, baseline_table: pd.DataFrame) -> pd.Data
     ours = pd.read_csv(require(p["table_csv"], STAGE_05))  # its intervals again from the scores: the same seed
     ours = pd.DataFrame([{k: v for k, v in r.items() if not k.endswith((intervals.LO, intervals.HI))}
                          | evaluate.interval_columns(params, rows[r["variant"]]) for r in ours.to_dict("records")])
-    base = pd.DataFrame([table_row(dataset, r["name"], baseline_source(r), params.base.profile, params.base.seed, r, keys)
+    about = baseline_about(params, dataset)
+    base = pd.DataFrame([table_row(dataset, r["name"], baseline_source(r, about.get(r["name"])), params.base.profile,
+                                   params.base.seed, r, keys)
                          | evaluate.interval_columns(params, rows[r["name"]]) for r in baseline_table.to_dict("records")])
     ablation = ablation_rows(params, dataset, rows)
     parts = [ours, base] + ([ablation] if len(ablation) else [])
@@ -119,10 +121,24 @@ def markdown(params: Params, dataset: str, table: pd.DataFrame, pairs: pd.DataFr
     return "\n\n".join(parts) + "\n"
 
 
-def baseline_source(row: dict) -> str:
-    """A baseline row's source: its metrics are the mean over its seeds (`seed` shows the first)."""
+def baseline_about(params: Params, dataset: str) -> dict[str, dict]:
+    """{baseline: what stage 06 recorded of its inputs} from baselines.json ({} before stage 06 wrote it)."""
+    path = baselines_run.paths(params, dataset)["metrics"]
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
+def baseline_source(row: dict, about: dict | None = None) -> str:
+    """A baseline row's source: its metrics are the mean over its seeds (`seed` shows the first), and
+    for gru4rec_summary how many items had no item summary and entered as their title (`about`: its
+    baselines.json entry)."""
     n = int(row.get("n_seeds", 1))
-    return BASELINE_SOURCE if n == 1 else f"{BASELINE_SOURCE}, mean of {n} seeds ({row['seeds']})"
+    text = BASELINE_SOURCE if n == 1 else f"{BASELINE_SOURCE}, mean of {n} seeds ({row['seeds']})"
+    missing, items = (about or {}).get("summary_missing", 0), (about or {}).get("summary_items", 0)
+    if missing and missing == items:
+        return f"{text}; no item has an item summary: each enters as its title (gru4rec_title's input)"
+    if missing:
+        return f"{text}; {missing:,} of {items:,} items have no item summary and enter as their title"
+    return text
 
 
 def brief(table: pd.DataFrame, metrics: tuple[str, ...] = ("auc", "hr@5", "mrr@5", "gauc", "ndcg@5")) -> pd.DataFrame:

@@ -114,6 +114,8 @@ def test_runner_writes_a_row_per_requested_baseline(project):
     assert list(saved["models"]) == NAMES and saved["test_rows"] == 40
     assert saved["image_encoder"].startswith("efficientnet-lite0")
     assert saved["models"]["gru4rec_image"]["image_cache_hit"]  # features cached by the tests above
+    summary = saved["models"]["gru4rec_summary"]
+    assert 0 <= summary["summary_missing"] <= summary["summary_items"] == len(pd.read_parquet(run.paths(params, DS)["items"]))
     assert pd.read_csv(project / "results" / DS / "baselines.csv")["name"].tolist() == NAMES
 
 

@@ -51,3 +51,17 @@ def test_a_stale_score_file_is_named(project):
     baselines = pd.DataFrame({"name": ["pop"], "auc": [m["pop"]["auc"]], "n_groups": [30]})
     with pytest.raises(ValueError, match="fine_tuned: AUC 99.0 in its results.*stale"):
         compare.table(params, "microlens50k", baselines)
+
+
+@pytest.mark.parametrize(("missing", "says"), [
+    (0, None),
+    (3, "3 of 40 items have no item summary and enter as their title"),
+    (40, "no item has an item summary: each enters as its title (gru4rec_title's input)"),
+])
+def test_a_summary_baseline_says_how_many_items_entered_as_their_title(missing, says):
+    """The small profile's sample has no real image, so no item summary: gru4rec_summary then reads
+    titles only and its row must say so (its numbers equal gru4rec_title's)."""
+    row = {"name": "gru4rec_summary", "n_seeds": 3, "seeds": "2024 2025 2026"}
+    source = compare.baseline_source(row, {"summary_missing": missing, "summary_items": 40})
+    assert source.startswith(f"{compare.BASELINE_SOURCE}, mean of 3 seeds (2024 2025 2026)")
+    assert source.endswith(says) if says else source == f"{compare.BASELINE_SOURCE}, mean of 3 seeds (2024 2025 2026)"

@@ -78,7 +78,7 @@ def item_features(name: str, params: Params, items: pd.DataFrame, dataset: str) 
     if name == "gru4rec_summary":
         texts, missing = summary_texts(items, p["item_summaries"])
         feats, info = features.text_features(texts, b.text_encoder, b.feature_batch_size, p["cache"], "summary")
-        return feats, info | {"summary_missing": missing}  # items scored by their title instead
+        return feats, info | {"summary_missing": missing, "summary_items": len(texts)}  # missing: their title instead
     if name == "gru4rec_title":
         return features.text_features(items[TITLE].fillna("").astype(str).tolist(), b.text_encoder,
                                       b.feature_batch_size, p["cache"], "title")
