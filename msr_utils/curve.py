@@ -18,6 +18,7 @@ CLI: python -m msr_utils.sft --dataset microlens50k --set sft.keep_checkpoints=0
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -49,12 +50,14 @@ def examples_seen(checkpoint: Path, train_examples: int) -> int:
 
 
 def score_point(params: Params, name: str, adapter: Path | None, examples: pd.DataFrame,
-                expect_size: int) -> tuple[pd.DataFrame, dict]:
-    """One point's scores and metrics: the profile's base model, plus `adapter` if given (a process of its own)."""
+                expect_size: int, base: models.LoadedModel | None = None) -> tuple[pd.DataFrame, dict]:
+    """One point's scores and metrics: the profile's base model, plus `adapter` if given. `base`: the base
+    model this process loaded (one process: a copy takes the adapter, load_adapter works in place), else
+    loaded here (a process of its own)."""
     torch.manual_seed(params.base.seed)
-    loaded = models.load_profile(params, "vlm")
+    loaded = base if base is not None else models.load_profile(params, "vlm")
     if adapter is not None:
-        loaded = evaluate.load_adapter(loaded, adapter)
+        loaded = evaluate.load_adapter(copy.deepcopy(loaded) if base is not None else loaded, adapter)
     return evaluate.score_variant(params, loaded, examples, name, expect_size, progress=False)
 
 
@@ -106,9 +109,10 @@ def run(params: Params, dataset: str, progress: bool = True) -> dict:
     steps = {ZERO: 0} | {f"step_{step}": step for step, _ in points}
     seen = {ZERO: 0} | {f"step_{step}": examples_seen(folder, train_examples) for step, folder in points}
     n = 1 if loaded.device.type != "cpu" else processes(params.eval.workers, len(jobs))
-    del loaded  # each job loads its own model (a fresh copy for each adapter)
+    base = loaded if n == 1 else None  # n > 1: each job loads its own model in its process
+    del loaded
     with pool(n) as at:
-        futures = [at.submit(score_point, params, name, adapter, valid, expect_size) for name, adapter in jobs]
+        futures = [at.submit(score_point, params, name, adapter, valid, expect_size, base) for name, adapter in jobs]
         done = [f.result() for f in tqdm(futures, desc=f"checkpoints ({n} processes)", disable=not progress)]
     scores = pd.concat([s for s, _ in done], ignore_index=True)
     curve = table(params, scores, steps, seen, {name: m["answer_mass"] for (name, _), (_, m) in zip(jobs, done)},
