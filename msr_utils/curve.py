@@ -52,12 +52,12 @@ def examples_seen(checkpoint: Path, train_examples: int) -> int:
 def score_point(params: Params, name: str, adapter: Path | None, examples: pd.DataFrame,
                 expect_size: int, base: models.LoadedModel | None = None) -> tuple[pd.DataFrame, dict]:
     """One point's scores and metrics: the profile's base model, plus `adapter` if given. `base`: the base
-    model this process loaded (one process: a copy takes the adapter, load_adapter works in place), else
-    loaded here (a process of its own)."""
+    model this process loaded, copied (one process: load_adapter works in place), else loaded here (a
+    process of its own)."""
     torch.manual_seed(params.base.seed)
-    loaded = base if base is not None else models.load_profile(params, "vlm")
+    loaded = copy.deepcopy(base) if base is not None else models.load_profile(params, "vlm")
     if adapter is not None:
-        loaded = evaluate.load_adapter(copy.deepcopy(loaded) if base is not None else loaded, adapter)
+        loaded = evaluate.load_adapter(loaded, adapter)
     return evaluate.score_variant(params, loaded, examples, name, expect_size, progress=False)
 
 
